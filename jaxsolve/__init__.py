@@ -1,0 +1,20 @@
+"""jaxsolve: differentiable numerical solvers for JAX.
+
+`import jaxsolve as js`, then `js.linear.solve(...)`, `js.Solution`, `js.RESULTS`.
+"""
+
+from . import linear as linear
+from ._core import (
+    AbstractAdjoint as AbstractAdjoint,
+    AbstractProgressMeter as AbstractProgressMeter,
+    ImplicitAdjoint as ImplicitAdjoint,
+    NoProgressMeter as NoProgressMeter,
+    RESULTS as RESULTS,
+    Solution as Solution,
+    TextProgressMeter as TextProgressMeter,
+    TqdmProgressMeter as TqdmProgressMeter,
+    UnrolledAdjoint as UnrolledAdjoint,
+)
+
+
+__version__ = "0.1.0"

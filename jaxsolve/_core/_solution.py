@@ -1,0 +1,95 @@
+"""`RESULTS` and `Solution`: what every jaxsolve driver returns."""
+
+from typing import Any
+
+import equinox as eqx
+import jax.numpy as jnp
+import jax.tree_util as jtu
+from jaxtyping import Array, ArrayLike, Bool, PyTree
+
+
+class RESULTS(eqx.Enumeration):
+    """Result codes shared by every jaxsolve solver.
+
+    Each member carries a message that says what to change. Convert an integer-valued
+    result into its message with `RESULTS[result]`; compare with `==`, e.g.
+    `sol.result == js.RESULTS.successful` (works under `jit` and `vmap`).
+    """
+
+    successful = ""
+    max_steps_reached = (
+        "The maximum number of steps was reached before the stopping criterion was "
+        "met. Increase `max_steps`, loosen `rtol`/`atol`, or (for SOR/SSOR) choose a "
+        "better relaxation parameter `omega` (see `jaxsolve.linear.young_omega`)."
+    )
+    nonfinite_input = (
+        "The input contained NaN or Inf (the right-hand side, the initial guess or "
+        "the operator's parameters). This is a bug upstream of jaxsolve: check the "
+        "values you pass in, e.g. with `jnp.isfinite(b).all()`."
+    )
+    nonfinite = (
+        "The solver produced NaN or Inf: the iteration diverged. For SOR this means "
+        "the operator is not symmetric positive definite (SOR converges for SPD "
+        "operators and 0 < omega < 2) or omega is unsuitable; for other solvers, "
+        "check that the problem satisfies the solver's assumptions."
+    )
+    breakdown = (
+        "Conjugate-gradient breakdown: a curvature p^T A p or the preconditioned "
+        "residual product z^T r was not positive, so the operator or the "
+        "preconditioner is not symmetric positive definite. Use a solver for "
+        "non-symmetric or indefinite systems (e.g. lineax.GMRES, lineax.LU)."
+    )
+    singular = (
+        "The linear system appears to be singular, or so ill-conditioned that the "
+        "solver cannot make progress. Check the operator (boundary conditions, a "
+        "negative shift that cancels the smallest eigenvalue)."
+    )
+
+
+class Solution(eqx.Module):
+    """The output of a jaxsolve driver.
+
+    **Attributes:**
+
+    - `value`: the solution.
+    - `result`: a [`jaxsolve.RESULTS`][] member; `RESULTS[sol.result]` is its message.
+    - `stats`: a dict of statistics; always has `num_steps` and `max_steps`.
+    - `state`: the solver's final internal state (solver-specific; may be `None`).
+    """
+
+    value: PyTree[Array]
+    result: RESULTS
+    stats: dict[str, PyTree[ArrayLike]]
+    state: PyTree[Any] = None
+
+
+def any_nonfinite(tree: PyTree) -> Bool[Array, ""]:
+    """True if any inexact array leaf of `tree` holds a NaN or Inf."""
+    leaves = [x for x in jtu.tree_leaves(eqx.filter(tree, eqx.is_inexact_array))]
+    if not leaves:
+        return jnp.array(False)
+    return jnp.stack([jnp.any(~jnp.isfinite(x)) for x in leaves]).any()
+
+
+def finalise(
+    value: PyTree[Array],
+    result: RESULTS,
+    inputs: PyTree,
+    throw: bool,
+) -> tuple[PyTree[Array], RESULTS]:
+    """The post-processing every driver applies (DESIGN.md section 3).
+
+    Non-finite *input* becomes `nonfinite_input` whatever the solver said (it is the
+    more useful message); non-finite *output* of a nominally successful solve becomes
+    `nonfinite` (never reported as success). With `throw=True` a failure raises at
+    run time, under `jit` too, through `result.error_if`.
+    """
+    bad_in = any_nonfinite(inputs)
+    bad_out = any_nonfinite(value)
+    result = RESULTS.where(
+        (result == RESULTS.successful) & bad_out, RESULTS.nonfinite, result
+    )
+    result = RESULTS.where(bad_in, RESULTS.nonfinite_input, result)
+    if throw:
+        value, result = result.error_if((value, result), result != RESULTS.successful)
+    return value, result

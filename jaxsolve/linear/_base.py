@@ -1,0 +1,203 @@
+"""The shared base of jaxsolve's iterative linear solvers: stopping rule, result
+codes, statistics and the lineax solver protocol. Concrete solvers only implement
+their maths (`init`, `_start`, `_step`)."""
+
+import abc
+from typing import Any, ClassVar
+
+import equinox as eqx
+import jax.numpy as jnp
+import lineax as lx
+from jaxtyping import Array, Float
+
+from .._core import AbstractProgressMeter, iterate, RESULTS
+from .._core._adjoint import LoopKind
+from .._core._misc import is_concrete
+from ._operators import as_operator
+from ._splitting import check_ordering, make_splitting
+
+
+class AbstractIterativeLinearSolver(lx.AbstractLinearSolver):
+    """A matrix-free iterative solver for $A x = b$ that stops on
+    $\\|b - A x\\|_2 \\le \\max(\\text{atol}, \\text{rtol}\\,\\|b\\|_2)$.
+
+    Subclasses implement `init` (precompute the splitting), `_start` and `_step`
+    (one iteration, returning the new carry); the carry is a dict with at least `x`
+    (the iterate), `rnorm` (the residual norm the stopping rule reads) and
+    `breakdown` (a bool).
+    """
+
+    rtol: eqx.AbstractVar[float]
+    atol: eqx.AbstractVar[float]
+    max_steps: eqx.AbstractVar[int]
+
+    @abc.abstractmethod
+    def _start(self, state: Any, b: Array, x0: Array) -> dict[str, Array]: ...
+
+    @abc.abstractmethod
+    def _step(self, state: Any, b: Array, carry: dict[str, Array]) -> dict: ...
+
+    def run(
+        self,
+        state: Any,
+        b: Array,
+        x0: Array,
+        *,
+        kind: LoopKind = "lax",
+        progress_meter: AbstractProgressMeter | None = None,
+    ) -> tuple[Array, RESULTS, dict[str, Array]]:
+        """Iterate from `x0`; returns `(x, result, stats)`."""
+        bnorm = jnp.linalg.norm(b)
+        tol = jnp.maximum(jnp.asarray(self.atol, b.dtype), self.rtol * bnorm)
+        # b = 0 has the exact solution 0 (SciPy's convention): start there so the
+        # loop stops at once with x exactly zero.
+        x0 = jnp.where(bnorm == 0, jnp.zeros_like(x0), x0)
+        carry = self._start(state, b, x0)
+        r0 = jnp.maximum(carry["rnorm"], jnp.finfo(b.dtype).tiny)
+
+        def cond(c):
+            return (c["rnorm"] > tol) & ~c["breakdown"] & jnp.isfinite(c["rnorm"])
+
+        def progress(c):
+            # Fraction of the way from ||r0|| to tol on a log scale.
+            ratio = jnp.log(r0 / jnp.maximum(c["rnorm"], tol)) / jnp.log(r0 / tol)
+            return jnp.where(r0 > tol, ratio, 1.0)
+
+        final, num_steps = iterate(
+            lambda c: self._step(state, b, c),
+            cond,
+            carry,
+            self.max_steps,
+            kind=kind,
+            progress_meter=progress_meter,
+            progress=progress,
+        )
+        rnorm = final["rnorm"]
+        result = RESULTS.where(
+            rnorm <= tol, RESULTS.successful, RESULTS.max_steps_reached
+        )
+        result = RESULTS.where(jnp.isfinite(rnorm), result, RESULTS.nonfinite)
+        result = RESULTS.where(final["breakdown"], RESULTS.breakdown, result)
+        stats = {
+            "num_steps": num_steps,
+            "max_steps": jnp.asarray(self.max_steps, jnp.int32),
+            "residual_norm": rnorm,
+        }
+        return final["x"], result, stats
+
+    # -- lineax protocol: `lineax.linear_solve(op, b, solver)` works too. ----------
+
+    def compute(self, state, vector, options):
+        x0 = options.get("y0", None)
+        x0 = jnp.zeros_like(vector) if x0 is None else x0
+        x, result, stats = self.run(state, vector, x0)
+        return x, to_lineax_result(result), stats
+
+    def transpose(self, state, options):
+        return self.init(state[0].transpose(), options), options
+
+    def conj(self, state, options):
+        return self.init(lx.conj(state[0]), options), options
+
+    def assume_full_rank(self):
+        return True
+
+
+class AbstractSplittingSolver(AbstractIterativeLinearSolver):
+    """A solver built on a splitting $A = D + L + U$ and a relaxation parameter
+    `omega` (an array field: a new value never recompiles)."""
+
+    omega: eqx.AbstractVar[Float[Array, ""]]
+    ordering: eqx.AbstractVar[str]
+    default_ordering: ClassVar[str]
+
+    def init(self, operator, options):
+        del options
+        operator = as_operator(operator)
+        return operator, make_splitting(operator, self.ordering, self.default_ordering)
+
+    def _omega(self, dtype) -> Array:
+        return self.omega.astype(dtype)
+
+
+def check_common(solver: AbstractIterativeLinearSolver) -> None:
+    """Construction-time validation shared by the iterative solvers."""
+    for name in ("rtol", "atol"):
+        value = getattr(solver, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ValueError(
+                f"{type(solver).__name__}({name}=...) must be a Python float, got "
+                f"{value!r}."
+            )
+        if value < 0 or value != value:
+            raise ValueError(
+                f"{type(solver).__name__}({name}=...) must be non-negative, got "
+                f"{value}."
+            )
+    if solver.rtol == 0 and solver.atol == 0:
+        raise ValueError(
+            f"{type(solver).__name__}: rtol and atol are both 0, so the solve could "
+            "never succeed; set rtol (e.g. 1e-6) or atol."
+        )
+    ms = solver.max_steps
+    if not isinstance(ms, int) or isinstance(ms, bool) or ms < 1:
+        raise ValueError(
+            f"{type(solver).__name__}(max_steps=...) must be an integer >= 1, got "
+            f"{ms!r}."
+        )
+
+
+def check_omega(solver: AbstractSplittingSolver) -> None:
+    omega = solver.omega
+    if omega.ndim != 0:
+        raise ValueError(
+            f"{type(solver).__name__}(omega=...) must be a scalar, got shape "
+            f"{omega.shape}; to sweep omega, jax.vmap over solves instead."
+        )
+    if not jnp.issubdtype(omega.dtype, jnp.floating):
+        raise ValueError(
+            f"{type(solver).__name__}(omega=...) must be a float, got {omega.dtype}."
+        )
+    if is_concrete(omega) and not bool((omega > 0) & (omega < 2)):
+        raise ValueError(
+            f"{type(solver).__name__}(omega=...) must lie in the open interval (0, 2) "
+            f"(SOR and SSOR diverge otherwise), got {float(omega)}."
+        )
+    check_ordering(solver.ordering)
+
+
+def to_omega(omega) -> Array:
+    """Store omega as an array (a Python float would be baked into the compiled
+    code, and every new value would recompile)."""
+    arr = jnp.asarray(omega)
+    if jnp.issubdtype(arr.dtype, jnp.integer):
+        arr = arr.astype(jnp.zeros(()).dtype)
+    return arr
+
+
+_LX = {
+    "successful": lx.RESULTS.successful,
+    "max_steps_reached": lx.RESULTS.max_steps_reached,
+    "nonfinite_input": lx.RESULTS.nonfinite_input,
+    "nonfinite": lx.RESULTS.singular,
+    "breakdown": lx.RESULTS.breakdown,
+    "singular": lx.RESULTS.singular,
+}
+
+
+def to_lineax_result(result: RESULTS) -> lx.RESULTS:
+    """Map a jaxsolve result to the nearest lineax result (for `lx.linear_solve`)."""
+    out = lx.RESULTS.successful
+    for name, lx_item in _LX.items():
+        out = lx.RESULTS.where(result == getattr(RESULTS, name), lx_item, out)
+    return out
+
+
+def from_lineax_result(result: lx.RESULTS) -> RESULTS:
+    """Map a lineax result to the jaxsolve result of the same meaning."""
+    out = RESULTS.singular
+    for name in ("successful", "max_steps_reached", "nonfinite_input", "breakdown"):
+        out = RESULTS.where(
+            result == getattr(lx.RESULTS, name), getattr(RESULTS, name), out
+        )
+    return out
