@@ -1,4 +1,4 @@
-"""Differentiation strategies: implicit (via the defining equation) or unrolled.
+r"""Differentiation strategies: implicit (via the defining equation) or unrolled.
 
 A driver computes its output `root` by an iteration. How the iteration is
 differentiated is a strategy object passed by the user (`adjoint=...`), in the style of
@@ -146,8 +146,10 @@ def _implicit_jvp_rule(primals, tangents):
     primal_fn, rewrite_fn, operator_fn, linear_solver, inputs = primals
     t_inputs = tangents[-1]
     root, aux = _implicit(primal_fn, rewrite_fn, operator_fn, linear_solver, inputs)
+    # `aux` (result codes, statistics) has no derivative: a None per leaf.
+    t_aux = jtu.tree_map(lambda _: None, aux)
     if t_inputs is None or not jtu.tree_leaves(t_inputs):
-        return (root, aux), (None, None)
+        return (root, aux), (jtu.tree_map(lambda _: None, root), t_aux)
     # Symbolic-zero tangents arrive as None: give them zeros of the right shape so
     # that `filter_jvp` sees a tangent for every differentiable input.
     diff_inputs, static_inputs = eqx.partition(inputs, eqx.is_inexact_array)
@@ -168,7 +170,7 @@ def _implicit_jvp_rule(primals, tangents):
         operator = operator_fn(root, inputs)
     t_root = lx.linear_solve(operator, t_residual, linear_solver).value
     t_root = jtu.tree_map(lax.neg, t_root)
-    return (root, aux), (t_root, None)
+    return (root, aux), (t_root, t_aux)
 
 
 __all__ = [

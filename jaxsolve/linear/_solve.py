@@ -119,6 +119,7 @@ def solve(
     """
     operator = as_operator(operator)
     b = _check_vector(b, operator, "b")
+    x0_given = x0 is not None
     x0 = jnp.zeros_like(b) if x0 is None else _check_vector(x0, operator, "x0")
     if not isinstance(solver, lx.AbstractLinearSolver):
         raise ValueError(
@@ -130,6 +131,13 @@ def solve(
             "`adjoint` must be jaxsolve.ImplicitAdjoint() or jaxsolve.UnrolledAdjoint()"
             f", got {type(adjoint).__name__}."
         )
+    return _solve(operator, b, x0, solver, throw, adjoint, progress_meter, x0_given)
+
+
+# Compiled once per operator structure / solver configuration: a new `b`, `x0`,
+# operator values or `omega` reuse the compiled solve (also for eager callers).
+@eqx.filter_jit
+def _solve(operator, b, x0, solver, throw, adjoint, progress_meter, x0_given):
     if isinstance(solver, AbstractIterativeLinearSolver):
         primal = _Primal(kind=adjoint.loop_kind(), progress_meter=progress_meter)
         x, (result, stats) = adjoint.apply(
@@ -137,7 +145,7 @@ def solve(
         )
     else:
         # A lineax solver: lineax differentiates it (its own implicit rule).
-        options = {} if x0 is None else {"y0": x0}
+        options = {"y0": x0} if x0_given else {}
         sol = lx.linear_solve(operator, b, solver, options=options, throw=False)
         x = sol.value
         result = from_lineax_result(sol.result)
