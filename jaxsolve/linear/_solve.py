@@ -6,7 +6,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import lineax as lx
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, ArrayLike, Float, Real
 
 from .._core import (
     AbstractAdjoint,
@@ -70,10 +70,10 @@ class _Primal(eqx.Module):
 
 def solve(
     operator: lx.AbstractLinearOperator | Float[ArrayLike, "n n"],
-    b: Float[ArrayLike, "..."],
+    b: Real[ArrayLike, "..."],
     solver: lx.AbstractLinearSolver,
     *,
-    x0: Float[ArrayLike, "..."] | None = None,
+    x0: Real[ArrayLike, "..."] | None = None,
     throw: bool = True,
     adjoint: AbstractAdjoint = ImplicitAdjoint(),
     progress_meter: AbstractProgressMeter | None = None,
