@@ -48,8 +48,13 @@ def iterate(
         carry = body(carry)
         step = step + 1
         if progress is not None and not isinstance(meter, NoProgressMeter):
-            frac = jnp.maximum(step / max_steps, progress(carry))
-            mstate = meter.step(mstate, jax.lax.stop_gradient(jnp.clip(frac, 0, 1)))
+            # Meters keep their state in the default float dtype.
+            dtype = jnp.asarray(0.0).dtype
+            frac = jnp.maximum(
+                step.astype(dtype) / max_steps, jnp.asarray(progress(carry), dtype)
+            )
+            frac = jnp.clip(frac, 0, 1)
+            mstate = meter.step(mstate, jax.lax.stop_gradient(frac))
         return carry, step, mstate
 
     start = (init, jnp.array(0, dtype=jnp.int32), meter_state)

@@ -169,6 +169,9 @@ def check_omega(solver: AbstractSplittingSolver) -> None:
 def to_omega(omega) -> Array:
     """Store omega as an array (a Python float would be baked into the compiled
     code, and every new value would recompile)."""
+    if isinstance(omega, (int, float)) and not isinstance(omega, bool):
+        # Not weakly typed, so Python floats and arrays share one compiled solve.
+        return jnp.asarray(omega, dtype=jnp.zeros(()).dtype)
     arr = jnp.asarray(omega)
     if jnp.issubdtype(arr.dtype, jnp.integer):
         arr = arr.astype(jnp.zeros(()).dtype)

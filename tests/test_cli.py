@@ -1,0 +1,32 @@
+"""The command-line entry point."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def _run(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "jaxsolve", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_info():
+    out = _run("info")
+    assert out.returncode == 0, out.stderr
+    assert "jax" in out.stdout and "devices" in out.stdout
+
+
+def test_bench_missing_script_is_a_clear_error(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "jaxsolve", "bench", "nope"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 2 and "source checkout" in out.stderr
+
+
+@pytest.mark.slow
+def test_demo_quick_runs_every_method():
+    out = _run("demo", "--quick")
+    assert out.returncode == 0, out.stdout + out.stderr
+    for method in ("SOR red-black", "SSOR-PCG", "CG (lineax)", "direct"):
+        assert method in out.stdout
+    assert "FAILED" not in out.stdout
