@@ -151,7 +151,7 @@ def _implicit_jvp_rule(primals, tangents):
     if t_inputs is None or not jtu.tree_leaves(t_inputs):
         return (root, aux), (jtu.tree_map(lambda _: None, root), t_aux)
     # Symbolic-zero tangents arrive as None: give them zeros of the right shape so
-    # that `filter_jvp` sees a tangent for every differentiable input.
+    # that `jax.jvp` sees a tangent for every differentiable input.
     diff_inputs, static_inputs = eqx.partition(inputs, eqx.is_inexact_array)
     t_diff = jtu.tree_map(
         lambda x, t: None if x is None else (jnp.zeros_like(x) if t is None else t),
@@ -165,7 +165,7 @@ def _implicit_jvp_rule(primals, tangents):
 
     _, t_residual = jax.jvp(residual_of_inputs, (diff_inputs,), (t_diff,))
     if operator_fn is None:
-        operator = lx.JacobianLinearOperator(lambda x, _: rewrite_fn(x, inputs), root)
+        operator = lx.JacobianLinearOperator(rewrite_fn, root, inputs)
     else:
         operator = operator_fn(root, inputs)
     t_root = lx.linear_solve(operator, t_residual, linear_solver).value
