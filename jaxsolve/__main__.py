@@ -18,8 +18,16 @@ from collections.abc import Callable, Sequence
 
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for pkg in ("jaxsolve", "jax", "jaxlib", "equinox", "lineax", "optax", "diffrax",
-                "numpy"):
+    for pkg in (
+        "jaxsolve",
+        "jax",
+        "jaxlib",
+        "equinox",
+        "lineax",
+        "optax",
+        "diffrax",
+        "numpy",
+    ):
         try:
             out[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
@@ -60,7 +68,9 @@ def print_table(rows: Sequence[dict[str, object]], columns: Sequence[str]) -> No
         return "" if v is None else str(v)
 
     cells = [[fmt(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    widths = [
+        max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)
+    ]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
     print("  ".join("-" * w for w in widths))
     for row in cells:
@@ -87,17 +97,19 @@ def linear_demo_rows(n: int = 64) -> list[dict[str, object]]:
         first, median = _time(solve_fn)
         sol = solve_fn()
         rel = float(jnp.linalg.norm(b - op.mv(sol.value.reshape(b.shape)))) / bnorm
-        rows.append({
-            "family": "linear",
-            "problem": problem,
-            "method": method,
-            "omega": None if omega is None else round(float(omega), 4),
-            "iterations": int(sol.stats["num_steps"]) if iterative else None,
-            "time [s]": median,
-            "compile [s]": max(first - median, 0.0),
-            "rel. residual": rel,
-            "result": "ok" if sol.result == js.RESULTS.successful else "FAILED",
-        })
+        rows.append(
+            {
+                "family": "linear",
+                "problem": problem,
+                "method": method,
+                "omega": None if omega is None else round(float(omega), 4),
+                "iterations": int(sol.stats["num_steps"]) if iterative else None,
+                "time [s]": median,
+                "compile [s]": max(first - median, 0.0),
+                "rel. residual": rel,
+                "result": "ok" if sol.result == js.RESULTS.successful else "FAILED",
+            }
+        )
 
     # Best omega by a small sweep: one vmapped solve over the grid (no recompiles).
     omegas = jnp.linspace(1.70, 1.98, 15)
@@ -105,8 +117,9 @@ def linear_demo_rows(n: int = 64) -> list[dict[str, object]]:
     @eqx.filter_jit
     def sweep(cls, omegas):
         return jax.vmap(
-            lambda w: js.linear.solve(op, b, cls(omega=w, rtol=rtol), throw=False)
-            .stats["num_steps"]
+            lambda w: js.linear.solve(
+                op, b, cls(omega=w, rtol=rtol), throw=False
+            ).stats["num_steps"]
         )(omegas)
 
     sor_steps = sweep(js.linear.SOR, omegas)
@@ -115,22 +128,34 @@ def linear_demo_rows(n: int = 64) -> list[dict[str, object]]:
     ssor_omegas = jnp.linspace(1.0, 1.95, 20)
     best_ssor = ssor_omegas[int(jnp.argmin(sweep(js.linear.SSORPCG, ssor_omegas)))]
 
-    for label, w in (("SOR red-black, Young's omega", young),
-                     ("SOR red-black, best swept omega", best_sor),
-                     ("SOR red-black, omega = 1 (Gauss-Seidel)", 1.0)):
+    for label, w in (
+        ("SOR red-black, Young's omega", young),
+        ("SOR red-black, best swept omega", best_sor),
+        ("SOR red-black, omega = 1 (Gauss-Seidel)", 1.0),
+    ):
         solver = js.linear.SOR(omega=w, rtol=rtol, max_steps=100_000)
         add(label, w, lambda s=solver: js.linear.solve(op, b, s, throw=False))
     solver = js.linear.SSORPCG(omega=best_ssor, rtol=rtol)
-    add("SSOR-PCG natural, best swept omega", best_ssor,
-        lambda: js.linear.solve(op, b, solver, throw=False))
+    add(
+        "SSOR-PCG natural, best swept omega",
+        best_ssor,
+        lambda: js.linear.solve(op, b, solver, throw=False),
+    )
     # Plain CG: lineax's CG with the same 2-norm stopping rule as ours.
-    cg = lx.CG(rtol=0.0, atol=rtol * bnorm, norm=lambda r: jnp.linalg.norm(r),
-               max_steps=10 * n * n)
+    cg = lx.CG(
+        rtol=0.0,
+        atol=rtol * bnorm,
+        norm=lambda r: jnp.linalg.norm(r),
+        max_steps=10 * n * n,
+    )
     add("CG (lineax)", None, lambda: js.linear.solve(op, b, cg, throw=False))
     dense_op = lx.MatrixLinearOperator(op.as_matrix(), lx.positive_semidefinite_tag)
-    add("direct (dense Cholesky, lineax)", None,
+    add(
+        "direct (dense Cholesky, lineax)",
+        None,
         lambda: js.linear.solve(dense_op, b.reshape(-1), lx.Cholesky()),
-        iterative=False)
+        iterative=False,
+    )
     return rows
 
 
@@ -138,15 +163,24 @@ def demo(quick: bool = False) -> int:
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    print("jaxsolve demo: every solver family on a built-in problem "
-          f"(backend: {jax.default_backend()}, float64)\n")
+    print(
+        "jaxsolve demo: every solver family on a built-in problem "
+        f"(backend: {jax.default_backend()}, float64)\n"
+    )
     rows = linear_demo_rows(32 if quick else 64)
     try:
         from jaxsolve.tuning._demo import demo_rows as tuning_rows
     except ImportError:
         tuning_rows = None
-    columns = ["method", "omega", "iterations", "time [s]", "compile [s]",
-               "rel. residual", "result"]
+    columns = [
+        "method",
+        "omega",
+        "iterations",
+        "time [s]",
+        "compile [s]",
+        "rel. residual",
+        "result",
+    ]
     print(f"Linear: {rows[0]['problem']} (random b; time = median of 3 compiled runs)")
     print_table(rows, columns)
     failed = sum(r["result"] != "ok" for r in rows)
@@ -160,8 +194,11 @@ def demo(quick: bool = False) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jaxsolve", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m jaxsolve",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p_demo = sub.add_parser("demo", help="run every family on a built-in problem")
     p_demo.add_argument("--quick", action="store_true", help="smaller problems")
@@ -177,8 +214,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return demo(quick=args.quick)
     script = os.path.join("bench", f"{args.name}.py")
     if not os.path.exists(script):
-        print(f"No benchmark {script!r}: run this from a source checkout of jaxsolve "
-              "(the bench/ folder is not installed with the package).", file=sys.stderr)
+        print(
+            f"No benchmark {script!r}: run this from a source checkout of jaxsolve "
+            "(the bench/ folder is not installed with the package).",
+            file=sys.stderr,
+        )
         return 2
     cmd = [sys.executable, script] + (["--quick"] if args.quick else [])
     return subprocess.call(cmd)

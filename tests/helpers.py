@@ -41,8 +41,9 @@ def random_spd(key, n: int, dtype=jnp.float64) -> jax.Array:
 
 def variable_coefficient(shape, dtype=jnp.float64) -> jax.Array:
     """A smooth positive coefficient field (deterministic)."""
-    grids = jnp.meshgrid(*[jnp.linspace(0, 1, n, dtype=dtype) for n in shape],
-                         indexing="ij")
+    grids = jnp.meshgrid(
+        *[jnp.linspace(0, 1, n, dtype=dtype) for n in shape], indexing="ij"
+    )
     return 1.0 + 0.5 * jnp.sin(3.0 * sum(grids)) ** 2
 
 
@@ -75,8 +76,9 @@ def _dense_spd(dtype):
 
 
 def _poisson2d(dtype):
-    return js.linear.poisson((5, 6), coefficient=variable_coefficient((5, 6), dtype),
-                             dtype=dtype)
+    return js.linear.poisson(
+        (5, 6), coefficient=variable_coefficient((5, 6), dtype), dtype=dtype
+    )
 
 
 def _poisson3d(dtype):

@@ -23,15 +23,17 @@ def _residual(x, inputs):
 
 def test_implicit_jvp_sqrt_forward_reverse_and_second_order():
     def f(a):
-        x, _ = implicit_jvp(_newton_sqrt, _residual, (a,), lx.AutoLinearSolver(
-            well_posed=True))
+        x, _ = implicit_jvp(
+            _newton_sqrt, _residual, (a,), lx.AutoLinearSolver(well_posed=True)
+        )
         return x
 
     a = jnp.array([0.5, 2.0, 9.0])
     np.testing.assert_allclose(f(a), np.sqrt(a), rtol=1e-12)
     # d sqrt(a) / da = 1 / (2 sqrt(a)): reverse mode, forward mode.
-    np.testing.assert_allclose(jax.grad(lambda a: f(a).sum())(a), 0.5 / np.sqrt(a),
-                               rtol=1e-10)
+    np.testing.assert_allclose(
+        jax.grad(lambda a: f(a).sum())(a), 0.5 / np.sqrt(a), rtol=1e-10
+    )
     _, t = jax.jvp(f, (a,), (jnp.ones(3),))
     np.testing.assert_allclose(t, 0.5 / np.sqrt(a), rtol=1e-10)
     # Second derivative -1/4 a^{-3/2} (the rule is itself differentiable).

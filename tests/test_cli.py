@@ -7,8 +7,12 @@ import pytest
 
 
 def _run(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "jaxsolve", *args], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "jaxsolve", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_info():
@@ -18,8 +22,12 @@ def test_info():
 
 
 def test_bench_missing_script_is_a_clear_error(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "jaxsolve", "bench", "nope"],
-                         capture_output=True, text=True, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "jaxsolve", "bench", "nope"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert out.returncode == 2 and "source checkout" in out.stderr
 
 

@@ -18,10 +18,14 @@ def test_dtype_preserved(case, dtype):
     sol = js.linear.solve(op, b, case.solver(rtol=rtol))
     assert sol.value.dtype == dtype
     assert sol.stats["residual_norm"].dtype == dtype
-    ref = np.linalg.solve(np.asarray(case.dense(dtype), np.float64),
-                          np.asarray(b, np.float64).reshape(-1))
+    ref = np.linalg.solve(
+        np.asarray(case.dense(dtype), np.float64), np.asarray(b, np.float64).reshape(-1)
+    )
     tol = 1e-4 if dtype == jnp.float32 else 1e-8
-    np.testing.assert_allclose(np.asarray(sol.value, np.float64).reshape(-1), ref,
-                               rtol=tol, atol=tol)
-    g = jax.grad(lambda b: js.linear.solve(op, b, case.solver(rtol=rtol)).value.sum())(b)
+    np.testing.assert_allclose(
+        np.asarray(sol.value, np.float64).reshape(-1), ref, rtol=tol, atol=tol
+    )
+    g = jax.grad(lambda b: js.linear.solve(op, b, case.solver(rtol=rtol)).value.sum())(
+        b
+    )
     assert g.dtype == dtype

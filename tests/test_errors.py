@@ -92,7 +92,8 @@ def test_nonfinite_input(case):
         js.linear.solve(op, bad_b, case.solver())
     # Non-finite operator values are caught as well.
     bad_op = jax.tree_util.tree_map(
-        lambda a: a.at[(0,) * a.ndim].set(jnp.inf) if isinstance(a, jax.Array) else a, op
+        lambda a: a.at[(0,) * a.ndim].set(jnp.inf) if isinstance(a, jax.Array) else a,
+        op,
     )
     sol = js.linear.solve(bad_op, b, case.solver(), throw=False)
     assert sol.result == js.RESULTS.nonfinite_input
@@ -131,8 +132,9 @@ def test_ssorpcg_non_spd_is_breakdown_not_nan_success():
 def test_sor_divergence_is_reported():
     """SOR on a non-SPD matrix diverges: a failure code, never success."""
     a = jnp.array([[1.0, 3.0], [3.0, 1.0]])
-    sol = js.linear.solve(a, jnp.ones(2), js.linear.SOR(omega=1.0, max_steps=5000),
-                          throw=False)
+    sol = js.linear.solve(
+        a, jnp.ones(2), js.linear.SOR(omega=1.0, max_steps=5000), throw=False
+    )
     assert sol.result in (js.RESULTS.nonfinite, js.RESULTS.max_steps_reached)
     assert sol.result != js.RESULTS.successful
 
@@ -141,3 +143,22 @@ def test_result_messages_say_what_to_change():
     assert "max_steps" in js.RESULTS[js.RESULTS.max_steps_reached]
     assert "omega" in js.RESULTS[js.RESULTS.nonfinite]
     assert "positive definite" in js.RESULTS[js.RESULTS.breakdown]
+
+
+def test_construction_inside_jit_from_closed_over_arrays():
+    """Concrete arrays closed over inside jit are validated eagerly (not as
+    tracers), and traced values are accepted."""
+    omega, k, b = jnp.asarray(1.5), jnp.ones((6, 6)), jnp.ones((6, 6))
+
+    @jax.jit
+    def run(b):
+        op = js.linear.poisson((6, 6), coefficient=k)
+        return js.linear.solve(op, b, js.linear.SOR(omega)).value
+
+    np.testing.assert_allclose(
+        run(b), js.linear.solve(js.linear.poisson((6, 6)), b, js.linear.SOR(1.5)).value
+    )
+    bad = jnp.asarray(2.5)
+    with pytest.raises(ValueError, match="2.5"):
+        jax.jit(lambda b: js.linear.SOR(bad).omega * b)(b)
+    jax.jit(lambda w: js.linear.SOR(w).omega)(jnp.asarray(1.2))  # traced: accepted

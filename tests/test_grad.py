@@ -28,9 +28,11 @@ def test_grad_wrt_b_and_operator(case, getkey):
     # Directional derivatives: random direction in b and in the operator's arrays.
     t_b = jax.random.normal(getkey(), b.shape, b.dtype)
     t_op = jax.tree_util.tree_map(
-        lambda a: jax.random.normal(getkey(), a.shape, a.dtype)
-        if isinstance(a, jax.Array) and jnp.issubdtype(a.dtype, jnp.floating)
-        else a,
+        lambda a: (
+            jax.random.normal(getkey(), a.shape, a.dtype)
+            if isinstance(a, jax.Array) and jnp.issubdtype(a.dtype, jnp.floating)
+            else a
+        ),
         op,
     )
     fd = finite_difference_jvp(f, (op, b), (t_op, t_b), eps=1e-6)
@@ -54,6 +56,7 @@ def test_grad_wrt_poisson_coefficient_field():
 
     k = variable_coefficient(shape)
     g = jax.grad(f)(k)
+
     # Independent reference: dense solve, differentiated by finite differences.
     def f_dense(k):
         from .test_linear import numpy_poisson
@@ -87,7 +90,9 @@ def test_unrolled_adjoint_matches_implicit_and_hessian():
     x = ainv @ np.asarray(b).reshape(-1)
     w = np.arange(20.0)
     h_ref = ainv.T @ np.diag(-np.sin(x) * w) @ ainv
-    np.testing.assert_allclose(np.asarray(h).reshape(20, 20), h_ref, rtol=1e-7, atol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(h).reshape(20, 20), h_ref, rtol=1e-7, atol=1e-12
+    )
 
 
 def test_unrolled_adjoint_forward_mode_raises_clearly():
@@ -96,7 +101,9 @@ def test_unrolled_adjoint_forward_mode_raises_clearly():
     solver = js.linear.SOR(omega=1.4)
     with pytest.raises(Exception):
         jax.jvp(
-            lambda b: js.linear.solve(op, b, solver, adjoint=js.UnrolledAdjoint()).value,
+            lambda b: (
+                js.linear.solve(op, b, solver, adjoint=js.UnrolledAdjoint()).value
+            ),
             (b,),
             (b,),
         )

@@ -68,6 +68,7 @@ def test_throw_raises_under_jit():
     with pytest.raises(Exception, match="maximum number of steps"):
         jax.block_until_ready(run(b))
     np.testing.assert_array_equal(
-        js.linear.solve(op, b, solver, throw=False).result == js.RESULTS.max_steps_reached,
+        js.linear.solve(op, b, solver, throw=False).result
+        == js.RESULTS.max_steps_reached,
         True,
     )

@@ -38,7 +38,8 @@ def numpy_poisson(shape, k=None, shift=0.0):
 
 
 @pytest.mark.parametrize(
-    "shape,varcoef,shift", [((4, 5), False, 0.0), ((4, 5), True, 0.7), ((3, 2, 4), True, 0.0)]
+    "shape,varcoef,shift",
+    [((4, 5), False, 0.0), ((4, 5), True, 0.7), ((3, 2, 4), True, 0.0)],
 )
 def test_poisson_matches_assembly(shape, varcoef, shift):
     k = variable_coefficient(shape) if varcoef else None
@@ -46,8 +47,9 @@ def test_poisson_matches_assembly(shape, varcoef, shift):
     ref = numpy_poisson(shape, None if k is None else np.asarray(k), shift)
     np.testing.assert_allclose(op.as_matrix(), ref, rtol=1e-14, atol=1e-14)
     x = jax.random.normal(jax.random.key(0), shape)
-    np.testing.assert_allclose(op.mv(x).reshape(-1), ref @ np.asarray(x).reshape(-1),
-                               rtol=1e-13)
+    np.testing.assert_allclose(
+        op.mv(x).reshape(-1), ref @ np.asarray(x).reshape(-1), rtol=1e-13
+    )
     np.testing.assert_allclose(lx.diagonal(op), np.diag(ref))
     assert op.transpose() is op
     assert lx.is_symmetric(op) and lx.is_positive_semidefinite(op)
@@ -70,7 +72,9 @@ def test_matches_dense_solve(case):
     np.testing.assert_allclose(sol.value, ref, rtol=1e-8, atol=1e-9)
     # The reported residual is the true one, and it meets the tolerance.
     true_r = jnp.linalg.norm(b.reshape(-1) - case.dense() @ sol.value.reshape(-1))
-    np.testing.assert_allclose(sol.stats["residual_norm"], true_r, rtol=1e-6, atol=1e-14)
+    np.testing.assert_allclose(
+        sol.stats["residual_norm"], true_r, rtol=1e-6, atol=1e-14
+    )
     assert true_r <= 1e-10 * jnp.linalg.norm(b) * (1 + 1e-9)
     assert 0 < int(sol.stats["num_steps"]) <= int(sol.stats["max_steps"])
 
@@ -135,7 +139,9 @@ def test_ssor_preconditioner_matches_formula(ordering):
         perm = np.arange(n)
     else:
         parity = np.indices(shape).sum(axis=0).reshape(-1) % 2
-        perm = np.concatenate([np.flatnonzero(parity == 0), np.flatnonzero(parity == 1)])
+        perm = np.concatenate(
+            [np.flatnonzero(parity == 0), np.flatnonzero(parity == 1)]
+        )
     ap = a[np.ix_(perm, perm)]
     d = np.diag(np.diag(ap))
     lo, up = np.tril(ap, -1), np.triu(ap, 1)
@@ -161,7 +167,9 @@ def test_young_omega():
     closed = js.linear.young_omega(op)
     np.testing.assert_allclose(closed, 2 / (1 + math.sin(math.pi / 13)), rtol=1e-12)
     # Dense eigen-solve path agrees with the closed form.
-    np.testing.assert_allclose(js.linear.young_omega(op.as_matrix()), closed, rtol=1e-10)
+    np.testing.assert_allclose(
+        js.linear.young_omega(op.as_matrix()), closed, rtol=1e-10
+    )
     # ... and with a shift / variable coefficient it is computed numerically.
     var = js.linear.poisson((6, 7), coefficient=variable_coefficient((6, 7)))
     rho = js.linear.jacobi_spectral_radius(var)
@@ -171,7 +179,9 @@ def test_young_omega():
     # Young's omega is (near) the best omega for SOR on the model problem.
     b = jax.random.normal(jax.random.key(5), (12, 12))
     steps = {
-        w: int(js.linear.solve(op, b, js.linear.SOR(omega=w, rtol=1e-8)).stats["num_steps"])
+        w: int(
+            js.linear.solve(op, b, js.linear.SOR(omega=w, rtol=1e-8)).stats["num_steps"]
+        )
         for w in (1.0, 1.3, float(closed), 1.9)
     }
     assert steps[float(closed)] == min(steps.values())
@@ -180,7 +190,10 @@ def test_young_omega():
 def test_lineax_linear_solve_interop():
     op = js.linear.poisson((8, 8))
     b = jax.random.normal(jax.random.key(6), (8, 8))
-    for solver in (js.linear.SOR(omega=1.6, rtol=1e-10), js.linear.SSORPCG(omega=1.5, rtol=1e-10)):
+    for solver in (
+        js.linear.SOR(omega=1.6, rtol=1e-10),
+        js.linear.SSORPCG(omega=1.5, rtol=1e-10),
+    ):
         sol = lx.linear_solve(op, b, solver)
         assert sol.result == lx.RESULTS.successful
         ref = jnp.linalg.solve(op.as_matrix(), b.reshape(-1)).reshape(8, 8)

@@ -13,7 +13,9 @@ def test_text_progress_meter_under_jit(capfd):
 
     @jax.jit
     def run(b):
-        return js.linear.solve(op, b, solver, progress_meter=js.TextProgressMeter()).value
+        return js.linear.solve(
+            op, b, solver, progress_meter=js.TextProgressMeter()
+        ).value
 
     x = run(b)
     jax.effects_barrier()

@@ -44,7 +44,8 @@ SCRIPT = textwrap.dedent(
 
 
 def test_sharded_batch_of_solves():
-    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "OK" in out.stdout

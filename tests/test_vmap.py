@@ -37,12 +37,15 @@ def test_vmap_over_operators_and_max_steps_lane():
     """Stacked Poisson operators (a coefficient sweep); a lane that runs out of
     steps reports max_steps_reached while the others succeed."""
     shape = (6, 6)
-    ops = jax.vmap(lambda s: js.linear.poisson(shape, shift=s))(jnp.array([0.0, 1.0, 5.0]))
+    ops = jax.vmap(lambda s: js.linear.poisson(shape, shift=s))(
+        jnp.array([0.0, 1.0, 5.0])
+    )
     b = jnp.ones(shape)
 
     def one(op, max_steps_hit):
-        sol = js.linear.solve(op, b, js.linear.SOR(omega=1.3, rtol=1e-10, max_steps=30),
-                              throw=False)
+        sol = js.linear.solve(
+            op, b, js.linear.SOR(omega=1.3, rtol=1e-10, max_steps=30), throw=False
+        )
         return sol.value, sol.result._value, sol.stats["num_steps"]
 
     xs, results, steps = jax.vmap(one, in_axes=(0, None))(ops, None)
@@ -50,7 +53,9 @@ def test_vmap_over_operators_and_max_steps_lane():
     assert int(steps[0]) == 30
     assert np.all(np.asarray(results[1:]) == int(js.RESULTS.successful._value))
     for i, s in enumerate([0.0, 1.0, 5.0]):
-        ref = jnp.linalg.solve(js.linear.poisson(shape, shift=s).as_matrix(), b.reshape(-1))
+        ref = jnp.linalg.solve(
+            js.linear.poisson(shape, shift=s).as_matrix(), b.reshape(-1)
+        )
         if i > 0:
             np.testing.assert_allclose(xs[i].reshape(-1), ref, rtol=1e-8)
 
@@ -60,5 +65,7 @@ def test_vmap_with_throw_raises_if_any_lane_fails():
     bs = jnp.ones((2, 5, 5)).at[0, 0, 0].set(jnp.inf)
     with pytest.raises(Exception, match="NaN or Inf"):
         jax.block_until_ready(
-            jax.vmap(lambda b: js.linear.solve(op, b, js.linear.SOR(omega=1.5)).value)(bs)
+            jax.vmap(lambda b: js.linear.solve(op, b, js.linear.SOR(omega=1.5)).value)(
+                bs
+            )
         )

@@ -4,9 +4,19 @@ import jax
 import numpy as np
 
 
+def concrete_value(x) -> np.ndarray | None:
+    """The value of `x` as a NumPy array if it is known now (a Python number, a NumPy
+    array or a concrete JAX array, also one closed over inside `jit`), else `None`
+    (a tracer). Construction-time validation reads values through this: comparing a
+    JAX array with `>` inside `jit` would give a tracer even for a concrete array."""
+    if isinstance(x, jax.core.Tracer):
+        return None
+    if isinstance(x, (jax.Array, np.ndarray, float, int, np.number)):
+        return np.asarray(x)
+    return None
+
+
 def is_concrete(x) -> bool:
-    """True if `x` holds concrete values (not a tracer), so it can be validated
-    eagerly at construction time."""
-    return not isinstance(x, jax.core.Tracer) and isinstance(
-        x, (jax.Array, np.ndarray, float, int)
-    )
+    """True if `x` holds a value known now (see `concrete_value`); read the value
+    with `concrete_value`, not with JAX operations, which trace inside `jit`."""
+    return concrete_value(x) is not None

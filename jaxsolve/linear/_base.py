@@ -12,7 +12,7 @@ from jaxtyping import Array, Float
 
 from .._core import AbstractProgressMeter, iterate, RESULTS
 from .._core._adjoint import LoopKind
-from .._core._misc import is_concrete
+from .._core._misc import concrete_value
 from ._operators import as_operator
 from ._splitting import check_ordering, make_splitting
 
@@ -158,10 +158,11 @@ def check_omega(solver: AbstractSplittingSolver) -> None:
         raise ValueError(
             f"{type(solver).__name__}(omega=...) must be a float, got {omega.dtype}."
         )
-    if is_concrete(omega) and not bool((omega > 0) & (omega < 2)):
+    value = concrete_value(omega)
+    if value is not None and not 0 < float(value) < 2:
         raise ValueError(
             f"{type(solver).__name__}(omega=...) must lie in the open interval (0, 2) "
-            f"(SOR and SSOR diverge otherwise), got {float(omega)}."
+            f"(SOR and SSOR diverge otherwise), got {float(value)}."
         )
     check_ordering(solver.ordering)
 

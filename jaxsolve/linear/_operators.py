@@ -17,7 +17,7 @@ import lineax as lx
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from .._core._misc import is_concrete
+from .._core._misc import concrete_value
 
 
 class PoissonOperator(lx.AbstractLinearOperator):
@@ -173,10 +173,11 @@ def poisson(
                 f"poisson({name}=...) must be a scalar or have the grid shape "
                 f"{shape}, got shape {arr.shape}."
             )
-    if is_concrete(k) and bool(jnp.any(k <= 0)):
+    k_value = concrete_value(k)
+    if k_value is not None and np.any(k_value <= 0):
         raise ValueError(
             "poisson(coefficient=...) must be positive everywhere (the operator is "
-            f"then symmetric positive definite); got minimum {float(jnp.min(k))}."
+            f"then symmetric positive definite); got minimum {k_value.min()}."
         )
     return PoissonOperator(coefficient=k, shift=s, grid_shape=shape)
 

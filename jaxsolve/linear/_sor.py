@@ -31,7 +31,9 @@ class SOR(AbstractSplittingSolver):
     a triangular solve with the materialised matrix for dense/general operators.
     `"auto"` (default): red-black for stencil operators, natural otherwise. Both
     orderings are consistently ordered for the 5/7-point stencils, so they share the
-    same optimal $\omega$ and asymptotic rate; their sweep counts differ slightly.
+    same optimal $\omega$ and asymptotic rate; their sweep counts still differ,
+    especially away from the optimum (2-D Poisson $256^2$, rtol 1e-6: 621 red-black vs
+    664 natural sweeps at Young's $\omega$, but 3553 vs 2683 at $\omega = 1.9$).
 
     When to use it: as a smoother, or when $\omega$ can be tuned across a sequence of
     related systems ([`jaxsolve.tuning`][]). For one-off solves of SPD systems,

@@ -39,7 +39,9 @@ def jacobi_spectral_radius(
         d = diag.reshape(-1)
         if lx.is_symmetric(operator):
             s = 1 / jnp.sqrt(d)
-            eig = jnp.linalg.eigvalsh(jnp.eye(n, dtype=a.dtype) - s[:, None] * a * s[None, :])
+            eig = jnp.linalg.eigvalsh(
+                jnp.eye(n, dtype=a.dtype) - s[:, None] * a * s[None, :]
+            )
         else:
             eig = jnp.linalg.eigvals(jnp.eye(n, dtype=a.dtype) - a / d[:, None])
         return jnp.max(jnp.abs(eig))
