@@ -1,9 +1,10 @@
 """jaxsolve: differentiable numerical solvers for JAX.
 
-`import jaxsolve as js`, then `js.linear.solve(...)`, `js.Solution`, `js.RESULTS`.
+`import jaxsolve as js`, then `js.linear.solve(...)`, `js.tuning.solve_sequence(...)`,
+`js.Solution`, `js.RESULTS`.
 """
 
-from . import linear as linear
+from . import linear as linear, tuning as tuning
 from ._core import (
     AbstractAdjoint as AbstractAdjoint,
     AbstractProgressMeter as AbstractProgressMeter,

@@ -27,8 +27,8 @@ from ._oracles import (
 from ._sequence import (
     replay as replay,
     ReplaySolution as ReplaySolution,
-    solve_sequence as solve_sequence,
     SequenceSolution as SequenceSolution,
+    solve_sequence as solve_sequence,
 )
 from ._tsallis import (
     tsallis_inf_probabilities as tsallis_inf_probabilities,

@@ -70,8 +70,8 @@ class ChebCBState(NamedTuple):
 
     - `key`: the PRNG key for the next `select`.
     - `gram`, `moment`, `sqsum`, `counts`: per-arm sufficient statistics
-        $\\sum \\phi\\phi^\\top$, $\\sum \\phi(\\ell - 1)$, $\\sum (\\ell - 1)^2$ and the
-        number of plays.
+        $\\sum \\phi\\phi^\\top$, $\\sum \\phi(\\ell - 1)$,
+        $\\sum (\\ell - 1)^2$ and the number of plays.
     - `theta`: the fitted coefficients, in units of the scale $K N$.
     - `max_cost`: $K$, the largest cost seen. `num_rounds`: updates so far.
     - `eta`: the exploration parameter of the inverse-gap weighting.

@@ -30,7 +30,7 @@ class CostTable(eqx.Module):
 
 def cost_table(
     solver_factory: SolverFactory,
-    systems: tuple[Any, Array],
+    systems: Any,
     omegas: Float[ArrayLike, " d"],
     *,
     x0s: Array | None = None,
@@ -87,7 +87,9 @@ def cost_table(
     cost, steps, ok = jax.lax.map(one, pairs, batch_size=batch_size)
     inverse = jnp.zeros_like(pairs).at[pairs].set(jnp.arange(T * d))
     reshape = lambda a: a[inverse].reshape(T, d)
-    return CostTable(costs=reshape(cost), num_steps=reshape(steps), successful=reshape(ok))
+    return CostTable(
+        costs=reshape(cost), num_steps=reshape(steps), successful=reshape(ok)
+    )
 
 
 def best_fixed(

@@ -97,7 +97,7 @@ class SequenceSolution(eqx.Module):
 
 def solve_sequence(
     solver_factory: SolverFactory,
-    systems: tuple[Any, PyTree[Array]],
+    systems: Any,
     policy: AbstractPolicy,
     key: PRNGKeyArray | None,
     contexts: Float[ArrayLike, " T"] | None = None,
@@ -153,9 +153,9 @@ def solve_sequence(
         cs = jnp.linspace(0.0, 0.5, 50)
         ops = jax.vmap(lambda c: js.linear.poisson((10, 10), shift=c))(cs)
         bs = jnp.ones((50, 10, 10))
-        solver = js.linear.SOR(1.0, rtol=1e-8, ordering="natural")
+        solver = js.linear.SOR(1.0, rtol=1e-5, ordering="natural")
         out = jt.solve_sequence(solver, (ops, bs), jt.TsallisINF(), jax.random.key(0))
-        print(out.costs.sum(), out.omegas[-5:])
+        print(out.costs.sum(), out.omegas[-5:])   # the sweeps used, the omegas
         ```
     """
     if not isinstance(policy, AbstractPolicy):
@@ -166,9 +166,7 @@ def solve_sequence(
     if contexts is not None:
         contexts = jnp.asarray(contexts)
         if contexts.ndim != 1:
-            raise ValueError(
-                f"`contexts` must have shape (T,), got {contexts.shape}."
-            )
+            raise ValueError(f"`contexts` must have shape (T,), got {contexts.shape}.")
     num_instances(systems, contexts)
     operators, bs = systems
     if policy_state is None:
@@ -261,8 +259,7 @@ def replay(
         contexts = jnp.asarray(contexts)
         if contexts.shape != costs.shape[:1]:
             raise ValueError(
-                f"`contexts` must have shape ({costs.shape[0]},), got "
-                f"{contexts.shape}."
+                f"`contexts` must have shape ({costs.shape[0]},), got {contexts.shape}."
             )
 
     def step(pstate, xs):
