@@ -571,6 +571,9 @@ def main():
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--skip-heat", action="store_true")
     parser.add_argument("--skip-synthetic", action="store_true")
+    parser.add_argument(
+        "--heat-sizes", type=int, nargs="+", default=None, help="nx values (25 50)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_PATH)
     args = parser.parse_args()
     quick = args.quick
@@ -601,7 +604,7 @@ def main():
             print_synthetic(variance, res)
             save()
     if not args.skip_heat:
-        sizes = (25,) if quick else (25, 50)
+        sizes = args.heat_sizes or ((25,) if quick else (25, 50))
         steps = 300 if quick else 5000
         for nx in sizes:
             res = heat(nx, steps, 3 if not quick else 2, timing=True)
