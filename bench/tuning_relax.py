@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -574,9 +575,21 @@ def main():
     parser.add_argument(
         "--heat-sizes", type=int, nargs="+", default=None, help="nx values (25 50)"
     )
-    parser.add_argument("--out", type=Path, default=RESULTS_PATH)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON path (default: bench/results/tuning_relax.json; with --quick a "
+        "temporary file, so CI never overwrites the committed full results)",
+    )
     args = parser.parse_args()
     quick = args.quick
+    if args.out is None:
+        args.out = (
+            Path(tempfile.gettempdir()) / "tuning_relax_quick.json"
+            if quick
+            else RESULTS_PATH
+        )
     seeds = args.seeds or (1 if quick else 5)
     T = 600 if quick else 5000
     results = {
