@@ -32,7 +32,9 @@ class AbstractIterativeLinearSolver(lx.AbstractLinearSolver):
     max_steps: eqx.AbstractVar[int]
 
     @abc.abstractmethod
-    def _start(self, state: Any, b: Array, x0: Array) -> dict[str, Array]: ...
+    def _start(
+        self, state: Any, b: Array, x0: Array, tol: Array
+    ) -> dict[str, Array]: ...
 
     @abc.abstractmethod
     def _step(self, state: Any, b: Array, carry: dict[str, Array]) -> dict: ...
@@ -52,7 +54,7 @@ class AbstractIterativeLinearSolver(lx.AbstractLinearSolver):
         # b = 0 has the exact solution 0 (SciPy's convention): start there so the
         # loop stops at once with x exactly zero.
         x0 = jnp.where(bnorm == 0, jnp.zeros_like(x0), x0)
-        carry = self._start(state, b, x0)
+        carry = self._start(state, b, x0, tol)
         r0 = jnp.maximum(carry["rnorm"], jnp.finfo(b.dtype).tiny)
 
         def cond(c):

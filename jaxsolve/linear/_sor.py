@@ -81,7 +81,8 @@ class SOR(AbstractSplittingSolver):
         check_common(self)
         check_omega(self)
 
-    def _start(self, state, b, x0):
+    def _start(self, state, b, x0, tol):
+        del tol
         _, split = state
         r = b - split.mv(x0)
         return {

@@ -80,12 +80,11 @@ class SSORPCG(AbstractSplittingSolver):
         y = split.lower_solve(r, omega)
         return (2 - omega) / omega * split.upper_solve(split.diagonal() * y, omega)
 
-    def _start(self, state, b, x0):
+    def _start(self, state, b, x0, tol):
         _, split = state
         omega = self._omega(b.dtype)
         r = b - split.mv(x0)
         z = self._precondition(split, r, omega)
-        bnorm = jnp.linalg.norm(b)
         return {
             "x": x0,
             "r": r,
@@ -94,7 +93,7 @@ class SSORPCG(AbstractSplittingSolver):
             "rnorm": jnp.linalg.norm(r),
             "breakdown": jnp.array(False),
             "k": jnp.array(0, jnp.int32),
-            "tol": jnp.maximum(jnp.asarray(self.atol, b.dtype), self.rtol * bnorm),
+            "tol": tol,
         }
 
     def _step(self, state, b, c):
