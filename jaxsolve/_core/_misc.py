@@ -14,9 +14,3 @@ def concrete_value(x) -> np.ndarray | None:
     if isinstance(x, (jax.Array, np.ndarray, float, int, np.number)):
         return np.asarray(x)
     return None
-
-
-def is_concrete(x) -> bool:
-    """True if `x` holds a value known now (see `concrete_value`); read the value
-    with `concrete_value`, not with JAX operations, which trace inside `jit`."""
-    return concrete_value(x) is not None

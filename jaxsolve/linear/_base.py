@@ -95,12 +95,6 @@ class AbstractIterativeLinearSolver(lx.AbstractLinearSolver):
         x, result, stats = self.run(state, vector, x0)
         return x, to_lineax_result(result), stats
 
-    def transpose(self, state, options):
-        return self.init(state[0].transpose(), options), options
-
-    def conj(self, state, options):
-        return self.init(lx.conj(state[0]), options), options
-
     def assume_full_rank(self):
         return True
 
@@ -117,6 +111,14 @@ class AbstractSplittingSolver(AbstractIterativeLinearSolver):
         del options
         operator = as_operator(operator)
         return operator, make_splitting(operator, self.ordering, self.default_ordering)
+
+    # The state is `(operator, splitting)`: the transposed/conjugated state is the
+    # splitting of the transposed/conjugated operator.
+    def transpose(self, state, options):
+        return self.init(state[0].transpose(), options), options
+
+    def conj(self, state, options):
+        return self.init(lx.conj(state[0]), options), options
 
     def _omega(self, dtype) -> Array:
         return self.omega.astype(dtype)

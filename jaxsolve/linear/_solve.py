@@ -21,11 +21,12 @@ from ._operators import as_operator
 
 def _check_vector(v: Any, operator: lx.AbstractLinearOperator, name: str) -> Array:
     struct = operator.in_structure()
-    if not isinstance(v, (jnp.ndarray, np.ndarray, float, int, list)) and not hasattr(
-        v, "shape"
-    ):
-        raise ValueError(f"`{name}` must be an array, got {type(v).__name__}.")
-    v = jnp.asarray(v)
+    try:
+        v = jnp.asarray(v)
+    except TypeError:
+        raise ValueError(
+            f"`{name}` must be an array, got {type(v).__name__}."
+        ) from None
     if v.shape != struct.shape:
         hint = ""
         if v.size == np.prod(struct.shape):

@@ -14,7 +14,6 @@ triangular solves SOR and SSOR need.
 
 import abc
 import math
-from typing import Literal
 
 import equinox as eqx
 import jax.lax as lax
@@ -27,7 +26,6 @@ from jaxtyping import Array, Bool, Float
 from ._operators import offdiagonal_mv, PoissonOperator
 
 
-Ordering = Literal["auto", "natural", "red_black"]
 ORDERINGS = ("auto", "natural", "red_black")
 # Materialising a general operator for natural ordering costs n^2 memory.
 MAX_DENSE_SIZE = 8192

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
-from .._core._misc import is_concrete
+from .._core._misc import concrete_value
 
 
 _State = TypeVar("_State")
@@ -83,8 +83,8 @@ def check_omegas(name: str, omegas: Array) -> None:
             f"{name}(omegas=...) must be a non-empty 1-D grid of relaxation "
             f"parameters, got shape {omegas.shape}."
         )
-    if is_concrete(omegas):
-        w = np.asarray(omegas)
+    w = concrete_value(omegas)
+    if w is not None:
         if not np.all(np.isfinite(w)) or np.any(w <= 0) or np.any(w >= 2):
             raise ValueError(
                 f"{name}(omegas=...) must lie in the open interval (0, 2) (SOR and "
@@ -115,8 +115,9 @@ def check_range(name: str, context_range: Array) -> None:
             f"{name}(context_range=...) must be a pair (low, high), got shape "
             f"{context_range.shape}."
         )
-    if is_concrete(context_range):
-        lo, hi = (float(v) for v in np.asarray(context_range))
+    bounds = concrete_value(context_range)
+    if bounds is not None:
+        lo, hi = (float(v) for v in bounds)
         if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
             raise ValueError(
                 f"{name}(context_range=...) must be finite with low < high, got "
@@ -178,6 +179,7 @@ def check_arm(arm: Any, num_arms: int) -> Array:
             f"`arm` must be a scalar integer (as returned by `select`), got "
             f"{arm.dtype}{list(arm.shape)}."
         )
-    if is_concrete(arm) and not 0 <= int(arm) < num_arms:
-        raise ValueError(f"`arm` must lie in [0, {num_arms}), got {int(arm)}.")
+    value = concrete_value(arm)
+    if value is not None and not 0 <= int(value) < num_arms:
+        raise ValueError(f"`arm` must lie in [0, {num_arms}), got {int(value)}.")
     return arm
