@@ -87,6 +87,9 @@ def test_unrolled_adjoint_matches_implicit():
     g_imp = jax.grad(f)(b, js.ImplicitAdjoint())
     g_unr = jax.grad(f)(b, js.UnrolledAdjoint())
     np.testing.assert_allclose(g_unr, g_imp, rtol=1e-8)
+    # An explicit checkpoint budget reaches the loop (same derivative).
+    g_two = jax.grad(f)(b, js.UnrolledAdjoint(checkpoints=2))
+    np.testing.assert_allclose(g_two, g_imp, rtol=1e-8)
 
 
 @pytest.mark.slow

@@ -38,8 +38,9 @@ class AbstractAdjoint(eqx.Module):
     """How a driver differentiates its iterative solve."""
 
     @abc.abstractmethod
-    def loop_kind(self) -> LoopKind:
-        """The kind of while loop the primal iteration should use."""
+    def loop_options(self) -> dict:
+        """Keyword arguments for `jaxsolve._core.iterate` (`kind`, `checkpoints`):
+        the while loop the primal iteration should use."""
 
     @abc.abstractmethod
     def apply(
@@ -81,8 +82,8 @@ class ImplicitAdjoint(AbstractAdjoint):
 
     linear_solver: lx.AbstractLinearSolver | None = None
 
-    def loop_kind(self) -> LoopKind:
-        return "lax"
+    def loop_options(self) -> dict:
+        return {"kind": "lax"}
 
     def apply(self, primal_fn, rewrite_fn, inputs, linear_solver, operator_fn=None):
         solver = linear_solver if self.linear_solver is None else self.linear_solver
@@ -108,8 +109,8 @@ class UnrolledAdjoint(AbstractAdjoint):
                 f"UnrolledAdjoint(checkpoints=...) must be >= 1, got {self.checkpoints}."
             )
 
-    def loop_kind(self) -> LoopKind:
-        return "checkpointed"
+    def loop_options(self) -> dict:
+        return {"kind": "checkpointed", "checkpoints": self.checkpoints}
 
     def apply(self, primal_fn, rewrite_fn, inputs, linear_solver, operator_fn=None):
         del rewrite_fn, linear_solver, operator_fn

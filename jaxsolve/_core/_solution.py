@@ -65,7 +65,7 @@ class Solution(eqx.Module):
 
 def any_nonfinite(tree: PyTree) -> Bool[Array, ""]:
     """True if any inexact array leaf of `tree` holds a NaN or Inf."""
-    leaves = [x for x in jtu.tree_leaves(eqx.filter(tree, eqx.is_inexact_array))]
+    leaves = jtu.tree_leaves(eqx.filter(tree, eqx.is_inexact_array))
     if not leaves:
         return jnp.array(False)
     return jnp.stack([jnp.any(~jnp.isfinite(x)) for x in leaves]).any()

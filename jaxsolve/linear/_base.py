@@ -46,6 +46,7 @@ class AbstractIterativeLinearSolver(lx.AbstractLinearSolver):
         x0: Array,
         *,
         kind: LoopKind = "lax",
+        checkpoints: int | None = None,
         progress_meter: AbstractProgressMeter | None = None,
     ) -> tuple[Array, RESULTS, dict[str, Array]]:
         """Iterate from `x0`; returns `(x, result, stats)`."""
@@ -71,6 +72,7 @@ class AbstractIterativeLinearSolver(lx.AbstractLinearSolver):
             carry,
             self.max_steps,
             kind=kind,
+            checkpoints=checkpoints,
             progress_meter=progress_meter,
             progress=progress,
         )

@@ -57,14 +57,15 @@ def _jacobian(x, inputs):
 
 
 class _Primal(eqx.Module):
-    kind: str = eqx.field(static=True)
+    # Static, so hashable: (name, value) pairs of the adjoint's loop options.
+    loop_options: tuple[tuple[str, Any], ...] = eqx.field(static=True)
     progress_meter: AbstractProgressMeter | None
 
     def __call__(self, inputs):
         operator, b, x0, solver = inputs
         state = solver.init(operator, {})
         x, result, stats = solver.run(
-            state, b, x0, kind=self.kind, progress_meter=self.progress_meter
+            state, b, x0, progress_meter=self.progress_meter, **dict(self.loop_options)
         )
         return x, (result, stats)
 
@@ -140,7 +141,10 @@ def solve(
 @eqx.filter_jit
 def _solve(operator, b, x0, solver, throw, adjoint, progress_meter, x0_given):
     if isinstance(solver, AbstractIterativeLinearSolver):
-        primal = _Primal(kind=adjoint.loop_kind(), progress_meter=progress_meter)
+        primal = _Primal(
+            loop_options=tuple(sorted(adjoint.loop_options().items())),
+            progress_meter=progress_meter,
+        )
         x, (result, stats) = adjoint.apply(
             primal, _residual, (operator, b, x0, solver), solver, _jacobian
         )
