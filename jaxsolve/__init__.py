@@ -15,6 +15,9 @@ from ._core import (
     TextProgressMeter as TextProgressMeter,
     TqdmProgressMeter as TqdmProgressMeter,
     UnrolledAdjoint as UnrolledAdjoint,
+    load as load,
+    load_header as load_header,
+    save as save,
 )
 
 

@@ -11,6 +11,7 @@ from ._progress import (
     TextProgressMeter as TextProgressMeter,
     TqdmProgressMeter as TqdmProgressMeter,
 )
+from ._serialise import load as load, load_header as load_header, save as save
 from ._solution import (
     any_nonfinite as any_nonfinite,
     finalise as finalise,

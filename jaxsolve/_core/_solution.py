@@ -39,6 +39,14 @@ class RESULTS(eqx.Enumeration):
         "preconditioner is not symmetric positive definite. Use a solver for "
         "non-symmetric or indefinite systems (e.g. lineax.GMRES, lineax.LU)."
     )
+    stagnation = (
+        "The residual stopped decreasing before it reached the tolerance, at a level "
+        "near the limit of the working precision: the tolerance is below what this "
+        "dtype can reach on this problem (float32 typically reaches a relative "
+        "residual of 1e-5 to 1e-6). Enable float64 (`jax.config.update("
+        "'jax_enable_x64', True)` and float64 inputs) or loosen `rtol`/`atol`. The "
+        "returned value is the best iterate found."
+    )
     singular = (
         "The linear system appears to be singular, or so ill-conditioned that the "
         "solver cannot make progress. Check the operator (boundary conditions, a "
@@ -74,15 +82,23 @@ def any_nonfinite(tree: PyTree) -> Bool[Array, ""]:
 def finalise(
     value: PyTree[Array],
     result: RESULTS,
+    stats: dict[str, PyTree[ArrayLike]],
     inputs: PyTree,
     throw: bool,
-) -> tuple[PyTree[Array], RESULTS]:
-    """The post-processing every driver applies (DESIGN.md section 3).
+    *,
+    state: PyTree[Any] = None,
+) -> Solution:
+    """The post-processing every driver applies, and the only place `throw` lives.
 
     Non-finite *input* becomes `nonfinite_input` whatever the solver said (it is the
     more useful message); non-finite *output* of a nominally successful solve becomes
-    `nonfinite` (never reported as success). With `throw=True` a failure raises at
-    run time, under `jit` too, through `result.error_if`.
+    `nonfinite` (never reported as success).
+
+    With `throw=True` a failure raises at run time, under `jit` too, through
+    `result.error_if`. The check is tied to **every** array leaf of the returned
+    `Solution` (value, result, each entry of `stats`, state): XLA removes an error
+    check whose output is unused, so a check tied to `value` alone would vanish for a
+    caller who only reads `stats["num_steps"]`.
     """
     bad_in = any_nonfinite(inputs)
     bad_out = any_nonfinite(value)
@@ -91,5 +107,10 @@ def finalise(
     )
     result = RESULTS.where(bad_in, RESULTS.nonfinite_input, result)
     if throw:
-        value, result = result.error_if((value, result), result != RESULTS.successful)
-    return value, result
+        # `error_if` on the whole tree: every output leaf depends on the check.
+        dynamic, static = eqx.partition((value, stats, state), eqx.is_array)
+        dynamic, result = result.error_if(
+            (dynamic, result), result != RESULTS.successful
+        )
+        value, stats, state = eqx.combine(dynamic, static)
+    return Solution(value=value, result=result, stats=stats, state=state)

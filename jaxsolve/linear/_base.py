@@ -24,12 +24,22 @@ class AbstractIterativeLinearSolver(lx.AbstractLinearSolver):
     Subclasses implement `init` (precompute the splitting), `_start` and `_step`
     (one iteration, returning the new carry); the carry is a dict with at least `x`
     (the iterate), `rnorm` (the residual norm the stopping rule reads) and
-    `breakdown` (a bool).
+    `breakdown` (a bool), and optionally `certified` (a bool: `rnorm` is a true
+    residual $\\|b - A x\\|$ this step; default true).
+
+    **Stagnation.** The driver keeps the best iterate by true residual. If that best
+    residual lies below the precision floor $\\sqrt{\\varepsilon}\\,\\|b\\|_2$ and has
+    not improved for `stagnation_window` steps, or the iteration breaks down or blows
+    up after reaching that floor, the solve stops with `RESULTS.stagnation` and
+    returns the best iterate: the tolerance is below what the dtype can reach.
     """
 
     rtol: eqx.AbstractVar[float]
     atol: eqx.AbstractVar[float]
     max_steps: eqx.AbstractVar[int]
+    # Steps without a new smallest (true) residual, below the precision floor, after
+    # which the solve stops with `RESULTS.stagnation`.
+    stagnation_window: ClassVar[int] = 50
 
     @abc.abstractmethod
     def _start(
@@ -55,19 +65,55 @@ class AbstractIterativeLinearSolver(lx.AbstractLinearSolver):
         # b = 0 has the exact solution 0 (SciPy's convention): start there so the
         # loop stops at once with x exactly zero.
         x0 = jnp.where(bnorm == 0, jnp.zeros_like(x0), x0)
-        carry = self._start(state, b, x0, tol)
-        r0 = jnp.maximum(carry["rnorm"], jnp.finfo(b.dtype).tiny)
+        # The level below which a residual that stops decreasing is a precision
+        # floor, not slow convergence: sqrt(eps) relative (3e-4 in float32, 1e-8 in
+        # float64). Above it, a long plateau (e.g. SOR's transient growth for omega
+        # near 2) is never called stagnation.
+        floor = jnp.sqrt(jnp.finfo(b.dtype).eps) * bnorm
+        window = self.stagnation_window
+        inner = self._start(state, b, x0, tol)
+        carry = {
+            "inner": inner,
+            "best": inner["rnorm"],
+            "x_best": inner["x"],
+            "since": jnp.array(0, jnp.int32),
+        }
+        r0 = jnp.maximum(inner["rnorm"], jnp.finfo(b.dtype).tiny)
+
+        def stagnated(c):
+            return (c["since"] >= window) & (c["best"] <= floor)
 
         def cond(c):
-            return (c["rnorm"] > tol) & ~c["breakdown"] & jnp.isfinite(c["rnorm"])
+            i = c["inner"]
+            return (
+                (i["rnorm"] > tol)
+                & ~i["breakdown"]
+                & jnp.isfinite(i["rnorm"])
+                & ~stagnated(c)
+            )
+
+        def body(c):
+            i = self._step(state, b, c["inner"])
+            # Only true residuals (`certified`) count as progress: a recursively
+            # updated CG residual keeps falling below the precision floor while
+            # the true one has stopped.
+            certified = i.get("certified", jnp.array(True))
+            improved = certified & (i["rnorm"] < c["best"])
+            return {
+                "inner": i,
+                "best": jnp.where(improved, i["rnorm"], c["best"]),
+                "x_best": jnp.where(improved, i["x"], c["x_best"]),
+                "since": jnp.where(improved, 0, c["since"] + 1),
+            }
 
         def progress(c):
             # Fraction of the way from ||r0|| to tol on a log scale.
-            ratio = jnp.log(r0 / jnp.maximum(c["rnorm"], tol)) / jnp.log(r0 / tol)
+            rn = c["inner"]["rnorm"]
+            ratio = jnp.log(r0 / jnp.maximum(rn, tol)) / jnp.log(r0 / tol)
             return jnp.where(r0 > tol, ratio, 1.0)
 
         final, num_steps = iterate(
-            lambda c: self._step(state, b, c),
+            body,
             cond,
             carry,
             self.max_steps,
@@ -76,18 +122,27 @@ class AbstractIterativeLinearSolver(lx.AbstractLinearSolver):
             progress_meter=progress_meter,
             progress=progress,
         )
-        rnorm = final["rnorm"]
-        result = RESULTS.where(
-            rnorm <= tol, RESULTS.successful, RESULTS.max_steps_reached
-        )
+        inner = final["inner"]
+        rnorm = inner["rnorm"]
+        converged = rnorm <= tol
+        result = RESULTS.where(converged, RESULTS.successful, RESULTS.max_steps_reached)
         result = RESULTS.where(jnp.isfinite(rnorm), result, RESULTS.nonfinite)
-        result = RESULTS.where(final["breakdown"], RESULTS.breakdown, result)
+        result = RESULTS.where(inner["breakdown"], RESULTS.breakdown, result)
+        # A breakdown or blow-up *after* the residual reached the precision floor is
+        # rounding (CG loses conjugacy at a tiny residual), not a non-SPD operator.
+        failed_at_floor = (inner["breakdown"] | ~jnp.isfinite(rnorm)) & (
+            final["best"] <= floor
+        )
+        stag = ~converged & (stagnated(final) | failed_at_floor)
+        result = RESULTS.where(stag, RESULTS.stagnation, result)
+        x = jnp.where(stag, final["x_best"], inner["x"])
+        rnorm = jnp.where(stag, final["best"], rnorm)
         stats = {
             "num_steps": num_steps,
             "max_steps": jnp.asarray(self.max_steps, jnp.int32),
             "residual_norm": rnorm,
         }
-        return final["x"], result, stats
+        return x, result, stats
 
     # -- lineax protocol: `lineax.linear_solve(op, b, solver)` works too. ----------
 
@@ -191,6 +246,7 @@ _LX = {
     "nonfinite_input": lx.RESULTS.nonfinite_input,
     "nonfinite": lx.RESULTS.singular,
     "breakdown": lx.RESULTS.breakdown,
+    "stagnation": lx.RESULTS.stagnation,
     "singular": lx.RESULTS.singular,
 }
 
@@ -206,7 +262,13 @@ def to_lineax_result(result: RESULTS) -> lx.RESULTS:
 def from_lineax_result(result: lx.RESULTS) -> RESULTS:
     """Map a lineax result to the jaxsolve result of the same meaning."""
     out = RESULTS.singular
-    for name in ("successful", "max_steps_reached", "nonfinite_input", "breakdown"):
+    for name in (
+        "successful",
+        "max_steps_reached",
+        "nonfinite_input",
+        "breakdown",
+        "stagnation",
+    ):
         out = RESULTS.where(
             result == getattr(lx.RESULTS, name), getattr(RESULTS, name), out
         )

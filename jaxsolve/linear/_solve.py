@@ -158,5 +158,4 @@ def _solve(operator, b, x0, solver, throw, adjoint, progress_meter, x0_given):
         stats.setdefault("num_steps", jnp.array(0, jnp.int32))
         stats.setdefault("max_steps", None)
         stats["residual_norm"] = jnp.linalg.norm(b - operator.mv(x))
-    x, result = finalise(x, result, (operator, b, x0), throw)
-    return Solution(value=x, result=result, stats=stats, state=None)
+    return finalise(x, result, stats, (operator, b, x0), throw)

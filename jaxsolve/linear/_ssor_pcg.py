@@ -92,6 +92,7 @@ class SSORPCG(AbstractSplittingSolver):
             "gamma": jnp.vdot(r, z),
             "rnorm": jnp.linalg.norm(r),
             "breakdown": jnp.array(False),
+            "certified": jnp.array(True),
             "k": jnp.array(0, jnp.int32),
             "tol": tol,
         }
@@ -126,6 +127,7 @@ class SSORPCG(AbstractSplittingSolver):
             "gamma": keep(gamma, gamma_new),
             "rnorm": keep(c["rnorm"], jnp.linalg.norm(r)),
             "breakdown": c["breakdown"] | bad,
+            "certified": need_true & ~bad,
             "k": k,
             "tol": c["tol"],
         }
