@@ -1,7 +1,7 @@
 """Learning to relax: bandit and contextual-bandit tuning of omega over a sequence of
 linear systems (Khodak, Chow, Balcan, Talwalkar, ICLR 2024), two experiments of the
-paper, side by side with the figures of our own replay of the authors' setup
-(shared/notes/linear.md, sections 2.8-2.9).
+paper, side by side with the figures of our own replay of the authors' MATLAB setup
+(the `EXPECTED_*` tables below; see docs/tuning.md).
 
 1. Synthetic: A_t = A + c_t I (5-point Laplacian, 10x10 interior grid, 4 on the
    diagonal), c_t = -0.15 + 0.6 Beta(0.5, 1.5) ("high variance") or Beta(2, 6) ("low
@@ -43,7 +43,7 @@ OMEGAS = np.linspace(1.0, 1.95, 20)
 CHECKPOINTS = (100, 500, 1000, 2000, 5000)
 RESULTS_PATH = Path(__file__).parent / "results" / "tuning_relax.json"
 
-# Figures of our replay of the authors' setup (shared/notes/linear.md 2.8, 2.9):
+# Figures of our replay of the authors' MATLAB setup (docs/tuning.md):
 # mean iterations per instance (synthetic) and totals (heat).
 EXPECTED_SYNTH = {
     "high": {

@@ -9,15 +9,15 @@ from ._core import (
     AbstractAdjoint as AbstractAdjoint,
     AbstractProgressMeter as AbstractProgressMeter,
     ImplicitAdjoint as ImplicitAdjoint,
+    load as load,
+    load_header as load_header,
     NoProgressMeter as NoProgressMeter,
     RESULTS as RESULTS,
+    save as save,
     Solution as Solution,
     TextProgressMeter as TextProgressMeter,
     TqdmProgressMeter as TqdmProgressMeter,
     UnrolledAdjoint as UnrolledAdjoint,
-    load as load,
-    load_header as load_header,
-    save as save,
 )
 
 

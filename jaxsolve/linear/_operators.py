@@ -182,9 +182,15 @@ def poisson(
     return PoissonOperator(coefficient=k, shift=s, grid_shape=shape)
 
 
-def as_operator(operator: Any) -> lx.AbstractLinearOperator:
+def as_operator(operator: Any, tags: Any = ()) -> lx.AbstractLinearOperator:
     """Accept a lineax operator, or a dense square matrix (converted to
-    `lineax.MatrixLinearOperator`). Raises `ValueError` for anything else."""
+    `lineax.MatrixLinearOperator(matrix, tags)`). Raises `ValueError` for anything
+    else.
+
+    `tags` (dense matrices only) are lineax's structural promises, e.g.
+    `lineax.positive_semidefinite_tag` or `lineax.symmetric_tag`: lineax's
+    `Cholesky` and `CG` require them. They are not checked (as in lineax).
+    """
     if isinstance(operator, lx.AbstractLinearOperator):
         structs = jax.tree_util.tree_leaves(operator.in_structure())
         if len(structs) != 1:
@@ -210,7 +216,7 @@ def as_operator(operator: Any) -> lx.AbstractLinearOperator:
                 f"A dense operator must have a floating dtype, got {matrix.dtype}; "
                 "convert it with `.astype(jnp.float64)` (or float32)."
             )
-        return lx.MatrixLinearOperator(matrix)
+        return lx.MatrixLinearOperator(matrix, tags)
     raise ValueError(
         "`operator` must be a lineax.AbstractLinearOperator (e.g. "
         "jaxsolve.linear.poisson(...)) or a dense (n, n) array, got "

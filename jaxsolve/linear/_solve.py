@@ -79,6 +79,7 @@ def solve(
     throw: bool = True,
     adjoint: AbstractAdjoint = ImplicitAdjoint(),
     progress_meter: AbstractProgressMeter | None = None,
+    tags: object | frozenset[object] = (),
 ) -> Solution:
     r"""Solve $A x = b$ with a jaxsolve (or any lineax) linear solver.
 
@@ -100,6 +101,10 @@ def solve(
         solve of $A^\top \lambda = \bar x$ with the same solver, O(1) memory in the
         number of sweeps) or [`jaxsolve.UnrolledAdjoint`][] (differentiate the sweeps).
     - `progress_meter`: e.g. `jaxsolve.TextProgressMeter()`; off by default.
+    - `tags`: for a dense-array `operator` only: lineax tags describing it, e.g.
+        `lineax.positive_semidefinite_tag`, which lineax's `Cholesky` and `CG` require
+        (`js.linear.solve(M, b, lineax.Cholesky(), tags=lineax.positive_semidefinite_tag)`).
+        Ignored (the operator's own tags apply) for lineax operators.
 
     **Returns:** a [`jaxsolve.Solution`][] with `stats["num_steps"]`,
     `stats["max_steps"]` and `stats["residual_norm"]` (the final true residual
@@ -119,6 +124,8 @@ def solve(
         g = jax.grad(loss)(b)          # one adjoint SSOR-PCG solve
         ```
     """
+    if not isinstance(operator, lx.AbstractLinearOperator):
+        operator = as_operator(operator, tags)
     operator = as_operator(operator)
     b = _check_vector(b, operator, "b")
     x0_given = x0 is not None

@@ -12,11 +12,15 @@ from ._sequence import replay
 from ._tsallis import TsallisINF, TsallisINFCB
 
 
-def demo_rows(T: int = 300, seed: int = 0) -> list[dict[str, object]]:
+def demo_rows(
+    quick: bool = False, T: int | None = None, seed: int = 0
+) -> list[dict[str, object]]:
     """SOR on $A_t = A + c_t I$ (10x10 Laplacian, $c_t = -0.15 + 0.6\\,
     \\mathrm{Beta}(0.5, 1.5)$, Gaussian $b_t$ with $\\|b_t\\| \\le \\sqrt n$,
     rtol 1e-8), `T` systems: total sweeps of each policy against the oracles.
-    About 15 s on a 2-core CPU at the default `T = 300`."""
+    About 15 s on a 2-core CPU at the default `T = 300` (`quick`: `T = 100`)."""
+    if T is None:
+        T = 100 if quick else 300
     rng = np.random.default_rng(seed)
     c = -0.15 + 0.6 * rng.beta(0.5, 1.5, T)
     b = rng.standard_normal((4 * T, 100))
