@@ -2,6 +2,11 @@
 and implicit (Hessian-vector-product) hypergradients."""
 
 from ._base import AbstractBilevelSolver as AbstractBilevelSolver
+from ._hypergradient import (
+    implicit_hypergradient as implicit_hypergradient,
+    Newton as Newton,
+    ProjectedGradient as ProjectedGradient,
+)
 from ._lvhba import LVHBA as LVHBA
 from ._penalty import Penalty as Penalty
 from ._problem import BilevelProblem as BilevelProblem
