@@ -72,7 +72,9 @@ class ChebCBState(NamedTuple):
     - `gram`, `moment`, `sqsum`, `counts`: per-arm sufficient statistics
         $\\sum \\phi\\phi^\\top$, $\\sum \\phi(\\ell - 1)$,
         $\\sum (\\ell - 1)^2$ and the number of plays.
-    - `theta`: the fitted coefficients, in units of the scale $K N$.
+    - `theta`: the fitted coefficients, in units of the scale $K N$; `raw`: the same
+        in cost units (what the refit produces; kept so an update refits only the
+        arm whose statistics changed).
     - `max_cost`: $K$, the largest cost seen. `num_rounds`: updates so far.
     - `eta`: the exploration parameter of the inverse-gap weighting.
     - `pred_sq`, `pred_cost`, `cost_sq`: running sums for the online square loss
@@ -88,6 +90,7 @@ class ChebCBState(NamedTuple):
     sqsum: Float[Array, " d"]
     counts: Int[Array, " d"]
     theta: Float[Array, "d m"]
+    raw: Float[Array, "d m"]
     max_cost: Float[Array, ""]
     num_rounds: Int[Array, ""]
     eta: Float[Array, ""]
@@ -204,6 +207,7 @@ class ChebCB(AbstractPolicy[ChebCBState]):
             sqsum=jnp.zeros((d,), dtype),
             counts=jnp.zeros((d,), jnp.int32),
             theta=jnp.zeros((d, m), dtype),
+            raw=jnp.zeros((d, m), dtype),
             max_cost=zero,
             num_rounds=jnp.zeros((), jnp.int32),
             eta=zero,
@@ -279,16 +283,32 @@ class ChebCB(AbstractPolicy[ChebCBState]):
         bound = max_cost * jnp.concatenate(
             [jnp.ones((1,), dtype), 2 / jnp.arange(1, m, dtype=dtype)]
         )
-        raw = jax.vmap(_min_norm_lstsq)(gram, moment)
-        violated = jnp.any(jnp.abs(raw) > bound[None], axis=1)
-        boxed = jax.lax.cond(
-            jnp.any(violated),
-            lambda: jax.vmap(lambda g, h: _box_lstsq(g, h, bound, self.box_steps))(
-                gram, moment
-            ),
-            lambda: raw,
-        )
-        raw = jnp.where(violated[:, None], boxed, raw)
+
+        def refit_all():
+            raw = jax.vmap(_min_norm_lstsq)(gram, moment)
+            violated = jnp.any(jnp.abs(raw) > bound[None], axis=1)
+            boxed = jax.lax.cond(
+                jnp.any(violated),
+                lambda: jax.vmap(
+                    lambda g, h: _box_lstsq(g, h, bound, self.box_steps)
+                )(gram, moment),
+                lambda: raw,
+            )
+            return jnp.where(violated[:, None], boxed, raw), violated
+
+        def refit_played():
+            # Only the played arm's statistics changed, and the box did not (the
+            # largest cost did not grow): every other arm's fit is what it was,
+            # exactly. One small refit instead of d (the policy's main cost).
+            g, h = gram[arm], moment[arm]
+            raw_arm = _min_norm_lstsq(g, h)
+            bad = jnp.any(jnp.abs(raw_arm) > bound)
+            raw_arm = jax.lax.cond(
+                bad, lambda: _box_lstsq(g, h, bound, self.box_steps), lambda: raw_arm
+            )
+            return state.raw.at[arm].set(raw_arm), played & bad
+
+        raw, violated = jax.lax.cond(rescaled, refit_all, refit_played)
         # Residual sum of squares of each fit, from the sufficient statistics.
         rss = (
             jnp.einsum("di,dij,dj->d", raw, gram, raw)
@@ -319,6 +339,7 @@ class ChebCB(AbstractPolicy[ChebCBState]):
             sqsum=sqsum,
             counts=counts,
             theta=raw / scale,
+            raw=raw,
             max_cost=max_cost,
             num_rounds=t,
             eta=eta,
