@@ -37,14 +37,12 @@ class AbstractBilevelSolver(eqx.Module):
         """One iteration."""
 
     def converged(self, state: dict[str, Any]) -> Bool[Array, ""]:
-        """Stop when the stationarity residual and the value-function gap are both
-        below `tol` (never, when `tol == 0`: a fixed budget of `max_steps`)."""
+        """Stop when the stationarity residual (the projected-gradient mapping of
+        the method's penalised objective) is below `tol`; never when `tol == 0` (a
+        fixed budget of `max_steps`). The value-function gap is reported, not
+        tested: penalty methods converge to points with a small, nonzero gap."""
         tol = self.tol.astype(state["x"].dtype)
-        return (
-            (tol > 0)
-            & (state["stationarity"] <= tol)
-            & (jnp.abs(state["value_gap"]) <= tol)
-        )
+        return (tol > 0) & (state["stationarity"] <= tol)
 
 
 def to_param(value, name: str, owner: str) -> Array:

@@ -379,7 +379,7 @@ def _kkt_solution(lower, ineq, eq, x, y0, solver, adjoint_solver, active_tol):
     # Multipliers by least squares on grad f + G_A^T mu + E^T nu = 0.
     cols = []
     if Gy is not None:
-        cols.append(Gy.T * mask[None, :])
+        cols.append(jnp.where(mask[None, :], Gy.T, 0))
     if Ey is not None:
         cols.append(Ey.T)
     gf = jax.grad(fns.f, argnums=1)(xs, y)

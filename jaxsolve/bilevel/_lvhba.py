@@ -46,8 +46,8 @@ class LVHBA(AbstractBilevelSolver):
     - `c`, `p`: penalty schedule $c_k = c\,(k+1)^p$, $p \in (0, 1/2)$.
     - `r`: multiplier bound.
     - `tol`: stop once the stationarity residual $\|(\Delta x, \Delta y)\|/\alpha +
-        \|\Delta z\|/\beta$ and the value-function gap $|f - v_\gamma|$ are below
-        it; `0` (default) runs exactly `max_steps` (a fixed budget, reported as
+        \|\Delta z\|/\beta$ is below it (the gap $f - v_\gamma$ is reported in
+        `stats`); `0` (default) runs exactly `max_steps` (a fixed budget, reported as
         success).
     - `qp_steps` (static): dual iterations per projection when $C$ needs the QP.
 

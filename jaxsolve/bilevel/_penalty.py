@@ -44,8 +44,8 @@ class Penalty(AbstractBilevelSolver):
 
     **Arguments:** `sigma` (penalty parameter, smaller is more exact and stiffer),
     `alpha` (outer step), `inner_lr` (inner step: below $1/L$ of $\sigma F + f$),
-    `inner_steps` (static), `tol` (stop on $\|\Delta x\|/\alpha$ and the gap
-    $f(x, y) - f(x, z)$; `0` = fixed budget), `qp_steps` (static).
+    `inner_steps` (static), `tol` (stop on $\|\Delta x\|/\alpha$; `0` = fixed
+    budget; the gap $f(x, y) - f(x, z)$ is reported), `qp_steps` (static).
 
     ??? cite "References"
 
