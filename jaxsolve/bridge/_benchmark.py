@@ -47,7 +47,7 @@ def _random_gmm(key, k, d, dtype, mean_range, var_range, diagonal) -> Mixture:
     means = jax.random.uniform(mk, (k, d), dtype, -mean_range, mean_range)
     lam = jax.random.uniform(vk, (k, d), dtype, var_range[0], var_range[1])
     if diagonal:
-        cov = lam[..., None] * jnp.eye(d, dtype=dtype)
+        cov = jax.vmap(jnp.diag)(lam)
     else:
         q, _ = jnp.linalg.qr(jax.random.normal(qk, (k, d, d), dtype))
         cov = (q * lam[:, None, :]) @ jnp.swapaxes(q, -1, -2)
@@ -102,7 +102,7 @@ class EOTBenchmark(eqx.Module):
         d = self.dim
         eye = jnp.eye(d, dtype=self.dtype)
         prec = jnp.linalg.inv(cov)
-        c = jnp.linalg.inv(prec + eye / self.epsilon)  # (K, D, D)
+        c = jnp.linalg.inv(prec + eye[None] / self.epsilon)  # (K, D, D)
         c = 0.5 * (c + jnp.swapaxes(c, -1, -2))
         base = jnp.einsum("kij,kj->ki", prec, self.potential.means)
         return c, base
@@ -117,7 +117,9 @@ class EOTBenchmark(eqx.Module):
         c, base = self._cond_params()
         eye = jnp.eye(self.dim, dtype=self.dtype)
         logw = jnp.log(self.potential.weights)[None] + _gaussian_logpdf(
-            flat, self.potential.means, self.potential.covariances + self.epsilon * eye
+            flat,
+            self.potential.means,
+            self.potential.covariances + self.epsilon * eye[None],
         )
         w = jax.nn.softmax(logw, axis=-1)
         means = jnp.einsum("kij,nkj->nki", c, base[None] + flat[:, None] / self.epsilon)
@@ -174,7 +176,7 @@ class EOTBenchmark(eqx.Module):
             + _gaussian_logpdf(
                 zero,
                 self.potential.means,
-                self.potential.covariances + self.epsilon * eye,
+                self.potential.covariances + self.epsilon * eye[None],
             )[0]
             + 0.5 * self.dim * jnp.log(2 * jnp.pi * self.epsilon)
         )
@@ -361,7 +363,10 @@ class GaussianEOT(eqx.Module):
         """$\\pi(\\cdot\\mid x)$ as a one-component mixture (full covariance)."""
         x = jnp.asarray(x, self.mean0.dtype)
         s = self._s()
-        mean = self.mean1 + (x - self.mean0) @ s.T
+        lead = (1,) * (x.ndim - 1)
+        mean0 = self.mean0.reshape(lead + self.mean0.shape)
+        mean1 = self.mean1.reshape(lead + self.mean1.shape)
+        mean = mean1 + (x - mean0) @ s.T
         cov = self.epsilon * s
         batch = x.shape[:-1]
         d = x.shape[-1]

@@ -33,9 +33,22 @@ def lightsb_loss(
     in expectation when the true plan $\pi^\star$ is of the LightSB form (Korotin et
     al., 2024, Prop. 3.1), so minimising it fits the conditional plan without paired
     data.
+
+    For a diagonal model the quadratic forms are expanded into matrix products
+    (10x faster at $D = 128$ on CPU than the $(n, K, D)$ form; in float32 the
+    expansion loses about $10^{-7}$ of $\|y\|^2/(\varepsilon s)$ to cancellation,
+    which is harmless for stochastic training). For accurate values of
+    $\log v$ use [`jaxsolve.bridge.LightSB.log_potential`][].
     """
-    return jnp.mean(model.log_normaliser(x_batch)) - jnp.mean(
-        model.log_potential(y_batch)
+    x_batch = model._points(x_batch, "x_batch")
+    y_batch = model._points(y_batch, "y_batch")
+    if x_batch.ndim != 2 or y_batch.ndim != 2:
+        raise ValueError(
+            f"`x_batch` and `y_batch` must be (n, {model.dim}) arrays, got "
+            f"{x_batch.shape} and {y_batch.shape}."
+        )
+    return jnp.mean(model._log_normaliser_gemm(x_batch)) - jnp.mean(
+        model._log_potential_gemm(y_batch)
     )
 
 
@@ -57,7 +70,7 @@ def _check_data(data: Any, name: str, model: LightSB, batch_size: int, key) -> A
     """Returns a validated `(N, D)` array or the sampler itself."""
     if callable(data) and not isinstance(data, (jax.Array, np.ndarray)):
         try:
-            out = jax.eval_shape(data, key, batch_size)
+            out = jax.eval_shape(lambda k: data(k, batch_size), key)
         except Exception as e:
             raise ValueError(
                 f"`{name}` is callable, so it must be a sampler `(key, n) -> (n, D)` "
@@ -139,7 +152,8 @@ def _fit(model, x_data, y_data, key, steps, batch_size, optimizer, init, meter):
     if optimizer is None:
         optimizer = optax.adam(default_learning_rate(model.epsilon))
     diff, static = _trainable(model)
-    opt_state = optimizer.init(diff)
+    with jax.numpy_dtype_promotion("standard"):
+        opt_state = optimizer.init(diff)
 
     def loss_fn(d, xb, yb):
         return lightsb_loss(eqx.combine(d, static), xb, yb)
@@ -153,29 +167,25 @@ def _fit(model, x_data, y_data, key, steps, batch_size, optimizer, init, meter):
         step, step_key = inp
         kx, ky = jax.random.split(step_key)
 
-        def train(args):
-            diff, opt_state = args
-            loss, grads = value_and_grad(
-                diff, _draw(x_data, kx, batch_size), _draw(y_data, ky, batch_size)
-            )
+        xb = _draw(x_data, kx, batch_size)
+        yb = _draw(y_data, ky, batch_size)
+        loss, grads = value_and_grad(diff, xb, yb)
+        # optax mixes Python floats with int32 step counts (bias corrections):
+        # allow that under strict dtype promotion.
+        with jax.numpy_dtype_promotion("standard"):
             updates, new_state = optimizer.update(grads, opt_state, diff)
-            new_diff = eqx.apply_updates(diff, updates)
-            ok = jnp.isfinite(loss) & ~any_nonfinite(new_diff)
-            # Keep the last finite model: a failed step is not applied.
-            new_diff, new_state = jax.tree_util.tree_map(
-                lambda a, b: jnp.where(ok, a, b),
-                (new_diff, new_state),
-                (diff, opt_state),
-            )
-            return (new_diff, new_state), loss, ok
-
-        def skip(args):
-            return args, nan, jnp.array(True)
-
+        new_diff = eqx.apply_updates(diff, updates)
         stopped = bad_step >= 0
-        (diff, opt_state), loss, ok = jax.lax.cond(
-            stopped, skip, train, (diff, opt_state)
+        ok = jnp.isfinite(loss) & ~any_nonfinite(new_diff)
+        # Keep the last finite model: a failed step is not applied, and after a
+        # failure no step is (a select, cheaper in a CPU scan than `lax.cond`).
+        apply = ok & ~stopped
+        diff, opt_state = jax.tree_util.tree_map(
+            lambda a, b: jnp.where(apply, a, b),
+            (new_diff, new_state),
+            (diff, opt_state),
         )
+        loss = jnp.where(stopped, nan, loss)
         bad_step = jnp.where(~stopped & ~ok, step, bad_step)
         frac = (step + 1).astype(meter_dtype) / steps
         mstate = meter.step(mstate, frac)

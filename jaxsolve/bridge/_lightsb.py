@@ -39,7 +39,7 @@ def mixture_moments(
     Diagonal covariances `(..., K, D)` are expanded to matrices."""
     w, m, c = mixture
     if c.ndim == m.ndim:  # diagonal
-        c = c[..., :, None] * jnp.eye(m.shape[-1], dtype=m.dtype)
+        c = jnp.vectorize(jnp.diag, signature="(d)->(d,d)")(c)
     mean = jnp.einsum("...k,...kd->...d", w, m)
     dm = m - mean[..., None, :]
     cov = jnp.einsum("...k,...kij->...ij", w, c) + jnp.einsum(
@@ -60,7 +60,7 @@ def _check_time(t: Any, model_dtype: Any) -> Array:
         raise ValueError(
             f"`t` must lie in [0, 1] (0 is the source, 1 the target), got {v}."
         )
-    t = jnp.asarray(t)
+    t = jnp.asarray(t, model_dtype) if isinstance(t, (int, float)) else jnp.asarray(t)
     if not jnp.issubdtype(t.dtype, jnp.floating):
         t = t.astype(model_dtype)
     if t.dtype != model_dtype:
@@ -153,7 +153,7 @@ class LightSB(eqx.Module):
         epsilon: float | Float[ArrayLike, ""],
         *,
         key: PRNGKeyArray,
-        covariance: Literal["diagonal", "full"] = "diagonal",
+        covariance: str = "diagonal",
         scale_init: float = 1.0,
         dtype: Any = None,
     ):
@@ -233,9 +233,7 @@ class LightSB(eqx.Module):
         if self.offdiag is None:
             raise ValueError("`cholesky()` is only defined for covariance='full'.")
         diag = jnp.exp(0.5 * self.log_s)
-        return jnp.tril(self.offdiag, -1) + diag[:, :, None] * jnp.eye(
-            self.dim, dtype=self.dtype
-        )
+        return jnp.tril(self.offdiag, -1) + jax.vmap(jnp.diag)(diag)
 
     def scales(self) -> Float[Array, "K D"] | Float[Array, "K D D"]:
         """The matrices $S_k$: `(K, D)` diagonals or `(K, D, D)` matrices."""
@@ -249,6 +247,44 @@ class LightSB(eqx.Module):
         return jax.tree_util.tree_map(
             lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, self
         )
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The static configuration, JSON-able: pass it as `hyperparameters=` to
+        `jaxsolve.save` and rebuild a skeleton for `jaxsolve.load` with
+        [`jaxsolve.bridge.LightSB.from_hyperparameters`][]:
+
+        ```python
+        js.save(path, model, hyperparameters=model.hyperparameters())
+        hp = js.load_header(path)["hyperparameters"]
+        model = js.load(path, like=js.bridge.LightSB.from_hyperparameters(hp))
+        ```
+        """
+        return {
+            "dim": self.dim,
+            "n_components": self.n_components,
+            "covariance": self.covariance,
+            "dtype": str(jnp.dtype(self.dtype)),
+        }
+
+    @classmethod
+    def from_hyperparameters(cls, hyperparameters: dict[str, Any]) -> "LightSB":
+        """A skeleton model (placeholder values) with the given configuration."""
+        try:
+            hp = dict(hyperparameters)
+            return cls(
+                int(hp["dim"]),
+                int(hp["n_components"]),
+                1.0,
+                key=jax.random.key(0),
+                covariance=hp["covariance"],
+                dtype=hp["dtype"],
+            )
+        except (KeyError, TypeError) as e:
+            raise ValueError(
+                "LightSB hyper-parameters need the keys 'dim', 'n_components', "
+                f"'covariance' and 'dtype' (see `model.hyperparameters()`); got "
+                f"{hyperparameters!r}."
+            ) from e
 
     @classmethod
     def from_parameters(
@@ -333,6 +369,33 @@ class LightSB(eqx.Module):
         log_norm = -0.5 * (d * jnp.log(2 * jnp.pi * eps) + log_det)
         log_comp = log_norm[None] - 0.5 * quad / eps
         return jax.nn.logsumexp(self.log_alpha[None] + log_comp, axis=-1)
+
+    def _log_potential_gemm(self, y: Array) -> Array:
+        """`_log_potential` with the diagonal quadratic forms expanded into matrix
+        products: sum_d (y_d - r_kd)^2 / s_kd = y^2 @ (1/s)^T - 2 y @ (r/s)^T +
+        sum_d r_kd^2 / s_kd. One GEMM instead of an (N, K, D) temporary: 10x faster
+        at D = 128 on CPU, at the price of cancellation (about 1e-7 of the squared
+        norms in float32), harmless for stochastic training."""
+        if self.offdiag is not None:
+            return self._log_potential(y)
+        eps = self.epsilon
+        inv_s = jnp.exp(-self.log_s)
+        quad = (
+            (y * y) @ inv_s.T
+            - 2 * y @ (self.means * inv_s).T
+            + jnp.sum(self.means**2 * inv_s, axis=-1)[None]
+        )
+        log_det = jnp.sum(self.log_s, axis=-1)
+        log_norm = -0.5 * (self.dim * jnp.log(2 * jnp.pi * eps) + log_det)
+        return jax.nn.logsumexp(
+            self.log_alpha[None] + log_norm[None] - 0.5 * quad / eps, -1
+        )
+
+    def _log_normaliser_gemm(self, x: Array) -> Array:
+        if self.offdiag is not None:
+            return jax.nn.logsumexp(self._logits(x)[0], axis=-1)
+        quad = (x * x) @ jnp.exp(self.log_s).T + 2 * x @ self.means.T
+        return jax.nn.logsumexp(self.log_alpha[None] + quad / (2 * self.epsilon), -1)
 
     def _scale_times(self, x: Array) -> Array:
         """S_k x for x (N, D): (N, K, D)."""
@@ -453,9 +516,9 @@ class LightSB(eqx.Module):
             qr = self.means / q  # Q^{-1} r
         else:
             s = self.scales()
-            q = (1 - t) * eye + t * s  # (K, D, D), SPD for t in [0, 1]
+            q = (1 - t) * eye[None] + t * s  # (K, D, D), SPD for t in [0, 1]
             cq = jnp.linalg.cholesky(q)
-            rhs = jnp.einsum("kij,nj->kni", s - eye, x) + self.means[:, None, :]
+            rhs = jnp.einsum("kij,nj->kni", s - eye[None], x) + self.means[:, None, :]
             u = jax.vmap(lambda c, b: jsl.cho_solve((c, True), b.T).T)(cq, rhs)
             u = jnp.swapaxes(u, 0, 1)  # (N, K, D)
             log_det_q = 2 * jnp.sum(
@@ -464,8 +527,9 @@ class LightSB(eqx.Module):
             qr = jax.vmap(lambda c, r: jsl.cho_solve((c, True), r))(cq, self.means)
         # x^T Q^{-1}(S - I) x + 2 x^T Q^{-1} r = x^T (u + Q^{-1} r) since
         # u = Q^{-1}((S - I)x + r) and Q^{-1} is symmetric.
-        quad = jnp.einsum("nd,nkd->nk", x, u + qr[None]) - t * jnp.sum(
-            self.means * qr, axis=-1
+        quad = (
+            jnp.einsum("nd,nkd->nk", x, u + qr[None])
+            - t * jnp.sum(self.means * qr, axis=-1)[None]
         )
         logits = self.log_alpha[None] - 0.5 * log_det_q[None] + quad / (2 * eps)
         w = jax.nn.softmax(logits, axis=-1)
@@ -494,8 +558,8 @@ class LightSB(eqx.Module):
         $X_{t_0} = x$ with diffrax, stepping exactly on the increasing grid `ts`
         (in $[0, 1]$) and returning $X_t$ at every `ts`. `solver` defaults to
         `diffrax.Euler()` (Euler-Maruyama; the noise is additive, so it has strong
-        order 1); the Brownian motion is diffrax's `UnsafeBrownianPath` (one
-        Gaussian increment per step, independent per point of the batch)."""
+        order 1); the Brownian motion is a `diffrax.VirtualBrownianTree` (independent per
+        point of the batch; reverse-mode differentiable)."""
         x = self._points(x, "x")
         ts = jnp.asarray(ts)
         if not jnp.issubdtype(ts.dtype, jnp.floating):
@@ -523,8 +587,13 @@ class LightSB(eqx.Module):
         def diffusion(t, y, args):
             return lx.DiagonalLinearOperator(jnp.full((d,), sqrt_eps))
 
+        tol = jnp.min(jnp.diff(ts)) / 16
+
         def one(k, x0):
-            bm = diffrax.UnsafeBrownianPath(shape=(d,), key=k)
+            # A virtual Brownian tree (not UnsafeBrownianPath) so that reverse-mode
+            # differentiation through the trajectory works; its resolution is far
+            # below the step size.
+            bm = diffrax.VirtualBrownianTree(ts[0], ts[-1], tol, (d,), k)
             terms = diffrax.MultiTerm(
                 diffrax.ODETerm(drift), diffrax.ControlTerm(diffusion, bm)
             )
