@@ -62,8 +62,9 @@ def llc(quick: bool) -> list[dict]:
     problem = bl.BilevelProblem(
         lambda x, y: 0.5 * jnp.sum((x - y[1]) ** 2) + 0.5 * jnp.sum((y[0] - 1) ** 2),
         lambda x, y: 0.5 * jnp.sum(y[0] ** 2) - x @ y[0] + jnp.sum(y[1]),
-        equality=lambda x, y: jnp.reshape(jnp.sum(x) + jnp.sum(y[0]) + jnp.sum(y[1]),
-                                          (1,)),
+        equality=lambda x, y: jnp.reshape(
+            jnp.sum(x) + jnp.sum(y[0]) + jnp.sum(y[1]), (1,)
+        ),
     )
     x0, y0 = -20 * jnp.ones(n), (10 * jnp.ones(n), 10 * jnp.ones(n))
     xs, y1s, y2s = -0.3 * jnp.ones(n), 0.7 * jnp.ones(n), -0.4 * jnp.ones(n)
@@ -78,19 +79,22 @@ def llc(quick: bool) -> list[dict]:
     ]
     rows = []
     for name, solver, steps, anchor in configs:
-        sol, t = timed(lambda s=solver, k=steps: bl.solve(problem, s, x0, y0,
-                                                        max_steps=k), 2)
+        sol, t = timed(
+            lambda s=solver, k=steps: bl.solve(problem, s, x0, y0, max_steps=k), 2
+        )
         x, (y1, y2) = sol.value
-        rows.append({
-            "method": name,
-            "steps": steps,
-            "rel_err_x": float(jnp.linalg.norm(x - xs) / jnp.linalg.norm(xs)),
-            "rel_err_y1": float(jnp.linalg.norm(y1 - y1s) / jnp.linalg.norm(y1s)),
-            "rel_err_y2": float(jnp.linalg.norm(y2 - y2s) / jnp.linalg.norm(y2s)),
-            "violation": float(sol.stats["constraint_violation"]),
-            "time_s": t,
-            "anchor_rel_err_x": anchor,
-        })
+        rows.append(
+            {
+                "method": name,
+                "steps": steps,
+                "rel_err_x": float(jnp.linalg.norm(x - xs) / jnp.linalg.norm(xs)),
+                "rel_err_y1": float(jnp.linalg.norm(y1 - y1s) / jnp.linalg.norm(y1s)),
+                "rel_err_y2": float(jnp.linalg.norm(y2 - y2s) / jnp.linalg.norm(y2s)),
+                "violation": float(sol.stats["constraint_violation"]),
+                "time_s": t,
+                "anchor_rel_err_x": anchor,
+            }
+        )
     return rows
 
 
@@ -131,26 +135,35 @@ def llsc(quick: bool) -> dict | None:
     steps = 300 if quick else 1000
     ref = bl.LVHBA(alpha=0.02, beta=0.001, eta=0.1, gamma1=1.0, gamma2=1.0, c=1.0)
     out = {
-        "hypergradient_rel_err": float(jnp.linalg.norm(g_impl - g_ref)
-                                       / jnp.linalg.norm(g_ref)),
+        "hypergradient_rel_err": float(
+            jnp.linalg.norm(g_impl - g_ref) / jnp.linalg.norm(g_ref)
+        ),
         "hypergradient_time_s": t_impl,
         "start_projected_grad_norm": proj_grad_norm(x_start),
         "runs": [],
     }
-    for name, solver in (("LV-HBA, reference settings", ref),
-                         ("LV-HBA, defaults", bl.LVHBA())):
-        sol, t = timed(lambda s=solver: bl.solve(problem, s, 10 * jnp.ones(100),
-                                                 10 * jnp.ones(100), max_steps=steps), 1)
+    for name, solver in (
+        ("LV-HBA, reference settings", ref),
+        ("LV-HBA, defaults", bl.LVHBA()),
+    ):
+        sol, t = timed(
+            lambda s=solver: bl.solve(
+                problem, s, 10 * jnp.ones(100), 10 * jnp.ones(100), max_steps=steps
+            ),
+            1,
+        )
         x, y = sol.value
-        out["runs"].append({
-            "method": name,
-            "steps": steps,
-            "projected_grad_norm": proj_grad_norm(x),
-            "F": float(F(x, y)),
-            "y_gap": float(jnp.linalg.norm(y - J @ x)),
-            "violation": float(sol.stats["constraint_violation"]),
-            "time_s": t,
-        })
+        out["runs"].append(
+            {
+                "method": name,
+                "steps": steps,
+                "projected_grad_norm": proj_grad_norm(x),
+                "F": float(F(x, y)),
+                "y_gap": float(jnp.linalg.norm(y - J @ x)),
+                "violation": float(sol.stats["constraint_violation"]),
+                "time_s": t,
+            }
+        )
     return out
 
 
@@ -240,27 +253,42 @@ def accuracy(y, test):
 
 
 def svm_lvhba(problem, c0, y0, steps):
-    solver = bl.LVHBA(alpha=0.01, beta=0.1, eta=0.01, gamma1=10.0, gamma2=10.0,
-                      c=1.0, p=0.49, r=1000.0, qp_steps=10)
+    solver = bl.LVHBA(
+        alpha=0.01,
+        beta=0.1,
+        eta=0.01,
+        gamma1=10.0,
+        gamma2=10.0,
+        c=1.0,
+        p=0.49,
+        r=1000.0,
+        qp_steps=10,
+    )
     return bl.solve(problem, solver, c0, y0, max_steps=steps, throw=False)
 
 
 def svm_penalty(problem, c0, y0, steps):
-    solver = bl.Penalty(sigma=0.1, alpha=0.1, inner_lr=0.05, inner_steps=2,
-                        qp_steps=10)
+    solver = bl.Penalty(sigma=0.1, alpha=0.1, inner_lr=0.05, inner_steps=2, qp_steps=10)
     return bl.solve(problem, solver, c0, y0, max_steps=steps, throw=False)
 
 
 def svm_implicit(problem, c0, y0, steps, lr=1.0):
     """GAM-style: exact-ish lower-level QP, KKT implicit hypergradient, GD on c."""
-    lower_solver = bl.ProjectedGradient(rtol=1e-5, atol=1e-7, max_steps=2000,
-                                        qp_steps=10)
+    lower_solver = bl.ProjectedGradient(
+        rtol=1e-5, atol=1e-7, max_steps=2000, qp_steps=10
+    )
 
     def body(carry, _):
         c, y = carry
         sol = bl.implicit_hypergradient(
-            problem.upper, problem.lower, c, y, inequality=problem.inequality,
-            lower_solver=lower_solver, throw=False, full_output=True,
+            problem.upper,
+            problem.lower,
+            c,
+            y,
+            inequality=problem.inequality,
+            lower_solver=lower_solver,
+            throw=False,
+            full_output=True,
         )
         g = jnp.where(jnp.isfinite(sol.value), sol.value, 0.0)
         y_new = jax.tree_util.tree_map(
@@ -274,25 +302,36 @@ def svm_implicit(problem, c0, y0, steps, lr=1.0):
 
 def svm(quick: bool, seeds: int) -> dict:
     out = {}
-    sets = [("diabetes", "diabetes_scale.txt", (500, 150), 8),
-            ("fourclass", "fourclass_scale.txt", (500, 150), 2)]
+    sets = [
+        ("diabetes", "diabetes_scale.txt", (500, 150), 8),
+        ("fourclass", "fourclass_scale.txt", (500, 150), 2),
+    ]
     if quick:
         sets = sets[:1]
-    steps = {"LV-HBA": 300 if quick else 800, "Penalty": 150 if quick else 400,
-             "Implicit (GAM-style)": 5 if quick else 30}
+    steps = {
+        "LV-HBA": 50 if quick else 200,
+        "Penalty": 20 if quick else 100,
+        "Implicit (GAM-style)": 2 if quick else 10,
+    }
     for name, fname, sizes, d in sets:
         path = DATA / "libsvm" / fname
         if not path.exists():
             print(f"[skip] SVM {name}: {path} not found")
             continue
         X, y = read_libsvm(path, d)
-        fns = {
-            "LV-HBA": eqx.filter_jit(lambda p, c0, y0: svm_lvhba(p, c0, y0, steps["LV-HBA"]).value),
-            "Penalty": eqx.filter_jit(lambda p, c0, y0: svm_penalty(p, c0, y0, steps["Penalty"]).value),
+        fns_all = {
+            "LV-HBA": eqx.filter_jit(
+                lambda p, c0, y0: svm_lvhba(p, c0, y0, steps["LV-HBA"]).value
+            ),
+            "Penalty": eqx.filter_jit(
+                lambda p, c0, y0: svm_penalty(p, c0, y0, steps["Penalty"]).value
+            ),
             "Implicit (GAM-style)": eqx.filter_jit(
                 lambda p, c0, y0: svm_implicit(p, c0, y0, steps["Implicit (GAM-style)"])
             ),
         }
+        # --quick: LV-HBA only (CI budget).
+        fns = {"LV-HBA": fns_all["LV-HBA"]} if quick else fns_all
         rows = {m: {"acc": [], "time": [], "val_acc": []} for m in fns}
         for seed in range(seeds):
             train, val, test, _ = split(X, y, sizes, seed)
@@ -326,7 +365,7 @@ def cleaning(quick: bool, seeds: int) -> dict | None:
         print(f"[skip] hyper-cleaning: {path} not found")
         return None
     X, y = read_libsvm(path, 10)
-    steps = 300 if quick else 800
+    steps = 50 if quick else 200
     fn = eqx.filter_jit(lambda p, c0, y0: svm_lvhba(p, c0, y0, steps).value)
     acc, down, acc_plain = [], [], []
     for seed in range(seeds):
@@ -359,59 +398,98 @@ def main() -> None:
     out = args.out or (
         Path(tempfile.gettempdir()) / "bilevel_quick.json" if quick else RESULTS_PATH
     )
-    seeds = args.seeds or (2 if quick else 10)
-    results = {"quick": quick, "machine": machine_info(),
-               "versions": versions(["jax", "equinox", "lineax"])}
+    seeds = args.seeds or (1 if quick else 10)
+    results = {
+        "quick": quick,
+        "machine": machine_info(),
+        "versions": versions(["jax", "equinox", "lineax"]),
+    }
 
     t_start = time.perf_counter()
     results["llc"] = llc(quick)
     print("\nLLC toy (n = 100): relative errors; anchor = our replay of the reference")
-    print(format_table(results["llc"], [
-        ("method", "method", "s"), ("steps", "steps", "d"),
-        ("rel err x", "rel_err_x", ".2e"), ("rel err y1", "rel_err_y1", ".2e"),
-        ("rel err y2", "rel_err_y2", ".2e"), ("violation", "violation", ".1e"),
-        ("time s", "time_s", ".2f"), ("anchor err x", "anchor_rel_err_x", "s"),
-    ]))
+    print(
+        format_table(
+            results["llc"],
+            [
+                ("method", "method", "s"),
+                ("steps", "steps", "d"),
+                ("rel err x", "rel_err_x", ".2e"),
+                ("rel err y1", "rel_err_y1", ".2e"),
+                ("rel err y2", "rel_err_y2", ".2e"),
+                ("violation", "violation", ".1e"),
+                ("time s", "time_s", ".2f"),
+                ("anchor err x", "anchor_rel_err_x", "s"),
+            ],
+        )
+    )
 
     print(f"[{time.perf_counter() - t_start:.0f} s]", flush=True)
     results["llsc"] = llsc(quick)
     if results["llsc"]:
         r = results["llsc"]
-        print(f"\nLLSC toy: implicit (KKT) hypergradient vs closed form: rel err "
-              f"{r['hypergradient_rel_err']:.2e} ({r['hypergradient_time_s']:.3f} s); "
-              f"projected hypergradient norm at the start {r['start_projected_grad_norm']:.3e}")
-        print(format_table(r["runs"], [
-            ("method", "method", "s"), ("steps", "steps", "d"),
-            ("|P grad Phi|", "projected_grad_norm", ".3e"), ("F", "F", ".4f"),
-            ("|y - y*(x)|", "y_gap", ".2e"), ("violation", "violation", ".1e"),
-            ("time s", "time_s", ".2f"),
-        ]))
+        print(
+            f"\nLLSC toy: implicit (KKT) hypergradient vs closed form: rel err "
+            f"{r['hypergradient_rel_err']:.2e} ({r['hypergradient_time_s']:.3f} s); "
+            f"projected hypergradient norm at the start {r['start_projected_grad_norm']:.3e}"
+        )
+        print(
+            format_table(
+                r["runs"],
+                [
+                    ("method", "method", "s"),
+                    ("steps", "steps", "d"),
+                    ("|P grad Phi|", "projected_grad_norm", ".3e"),
+                    ("F", "F", ".4f"),
+                    ("|y - y*(x)|", "y_gap", ".2e"),
+                    ("violation", "violation", ".1e"),
+                    ("time s", "time_s", ".2f"),
+                ],
+            )
+        )
 
     print(f"[{time.perf_counter() - t_start:.0f} s]", flush=True)
     results["svm"] = svm(quick, seeds)
     for name, res in results["svm"].items():
-        print(f"\nLinear SVM hyper-parameters, {name} ({seeds} seeds); published "
-              "(BLOCC notebook, diabetes): LV-HBA 0.759 in 8.2 s, GAM 0.721 in 12.2 s")
+        print(
+            f"\nLinear SVM hyper-parameters, {name} ({seeds} seeds); published "
+            "(BLOCC notebook, diabetes): LV-HBA 0.759 in 8.2 s, GAM 0.721 in 12.2 s"
+        )
         table = [{"method": m, **v} for m, v in res.items()]
         if name == "diabetes":
             for m, (acc, t) in PUBLISHED.items():
-                table.append({"method": f"{m} (published)", "test_acc_mean": acc,
-                              "time_s_median": t})
-        print(format_table(table, [
-            ("method", "method", "s"), ("steps", "steps", "d"),
-            ("test acc", "test_acc_mean", ".4f"), ("std", "test_acc_std", ".4f"),
-            ("val acc", "val_acc_mean", ".4f"), ("time s", "time_s_median", ".2f"),
-        ]))
+                table.append(
+                    {
+                        "method": f"{m} (published)",
+                        "test_acc_mean": acc,
+                        "time_s_median": t,
+                    }
+                )
+        print(
+            format_table(
+                table,
+                [
+                    ("method", "method", "s"),
+                    ("steps", "steps", "d"),
+                    ("test acc", "test_acc_mean", ".4f"),
+                    ("std", "test_acc_std", ".4f"),
+                    ("val acc", "val_acc_mean", ".4f"),
+                    ("time s", "time_s_median", ".2f"),
+                ],
+            )
+        )
 
     print(f"[{time.perf_counter() - t_start:.0f} s]", flush=True)
-    results["cleaning"] = cleaning(quick, seeds)
+    results["cleaning"] = None if quick else cleaning(quick, seeds)
     if results["cleaning"]:
         r = results["cleaning"]
-        print(f"\nData hyper-cleaning, breast-cancer (400/180/103, 40% flipped, "
-              f"{r['seeds']} seeds, LV-HBA {r['steps']} steps): test acc "
-              f"{r['test_acc_mean']:.4f}; flipped samples down-weighted "
-              f"{r['flipped_downweighted']:.3f} (clean samples: "
-              f"{r['clean_downweighted']:.3f})")
+        print(
+            f"\nData hyper-cleaning, breast-cancer (400/180/103, 40% flipped, "
+            f"{r['seeds']} seeds, LV-HBA {r['steps']} steps): test acc "
+            f"{r['test_acc_mean']:.4f}; flipped samples down-weighted "
+            f"{r['flipped_downweighted']:.3f} (clean samples: "
+            f"{r['clean_downweighted']:.3f})"
+        )
     results["total_s"] = time.perf_counter() - t_start
     print(f"\ntotal {results['total_s']:.1f} s")
     write_json(str(out), results)
