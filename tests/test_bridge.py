@@ -38,13 +38,15 @@ def _dense_scales(model):
 
 @pytest.fixture(scope="module")
 def bench2():
-    return jb.eot_benchmark(jax.random.key(0), 2, 0.1)
+    return jb.eot_benchmark(jax.random.key(0), 2, 0.1, num_variance_samples=20_000)
 
 
 # ------------------------------------------------------------------ closed forms
 @pytest.mark.parametrize("eps", [0.1, 1.0, 10.0])
 def test_true_potential_reproduces_exact_conditional(eps):
-    bench = jb.eot_benchmark(jax.random.key(1), 3, eps, n_potential_components=4)
+    bench = jb.eot_benchmark(
+        jax.random.key(1), 3, eps, n_potential_components=4, num_variance_samples=1000
+    )
     model = bench.true_potential()
     assert model.covariance == "full" and model.n_components == 4
     x = bench.sample_source(jax.random.key(2), 50)
@@ -111,8 +113,8 @@ def test_fast_loss_kernels_match_direct_forms(covariance):
 
 
 def test_gaussian_to_gaussian_matches_closed_form_plan():
-    """K = 1, full S: minimising the exact population loss recovers the closed-form
-    entropic OT plan between two Gaussians."""
+    """K = 1, full S: the closed-form entropic OT plan between two Gaussians
+    minimises LightSB's exact population loss."""
     d, eps = 3, 0.7
     k1, k2, k3, k4 = jax.random.split(jax.random.key(8), 4)
     q1 = jnp.linalg.qr(jax.random.normal(k1, (d, d)))[0]
@@ -136,29 +138,25 @@ def test_gaussian_to_gaussian_matches_closed_form_plan():
 
         return expect(model.log_normaliser, m0, a) - expect(model.log_potential, m1, b)
 
-    model = jb.LightSB(d, 1, eps, key=jax.random.key(9), covariance="full")
-    diff, static = jb._fit._trainable(model)
-    opt = optax.lbfgs()
-    loss = lambda p: population_loss(eqx.combine(p, static))
-    state = opt.init(diff)
-    value_and_grad = optax.value_and_grad_from_state(loss)
-
-    @jax.jit
-    def step(p, state):
-        # optax's line search mixes int32 and int64 counters: not strict-clean.
-        with jax.numpy_dtype_promotion("standard"):
-            value, grad = value_and_grad(p, state=state)
-            updates, state = opt.update(
-                grad, state, p, value=value, grad=grad, value_fn=loss
-            )
-        return optax.apply_updates(p, updates), state
-
-    for _ in range(200):
-        diff, state = step(diff, state)
-    fitted = eqx.combine(diff, static)
+    # The exact plan as a K=1 full model is a stationary point of the exact
+    # population loss (all parameters, weights included)...
     exact = plan.as_lightsb()
-    np.testing.assert_allclose(fitted.scales(), exact.scales(), rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(fitted.means, exact.means, rtol=1e-6, atol=1e-7)
+    diff, static = jb._fit._trainable(exact)
+    loss = lambda p: population_loss(eqx.combine(p, static))
+    grad = jax.grad(loss)(diff)
+    for g in jax.tree_util.tree_leaves(grad):
+        np.testing.assert_allclose(g, 0.0, atol=1e-10)
+    # ...and the minimiser: the loss is larger at perturbed parameters (the
+    # gradient there is not zero: the check above is not vacuous).
+    for k in range(3):
+        bumped = jax.tree_util.tree_map(
+            lambda p: p + 0.05 * jax.random.normal(jax.random.key(100 + k), p.shape),
+            diff,
+        )
+        assert loss(bumped) > loss(diff)
+        g = jax.grad(loss)(bumped)
+        assert max(float(jnp.abs(x).max()) for x in jax.tree_util.tree_leaves(g)) > 1e-3
+    fitted = exact
     x = jax.random.normal(jax.random.key(10), (5, d))
     m_fit, c_fit = jb.mixture_moments(fitted.conditional(x))
     m_ex, c_ex = jb.mixture_moments(plan.conditional(x))
@@ -226,21 +224,21 @@ def test_sde_reproduces_conditional_moments():
     eps = 0.2
     model = _random_model(jax.random.key(15), 2, 3, eps)
     x0 = jnp.array([0.5, -0.2])
-    xs = jnp.broadcast_to(x0, (4000, 2))
+    xs = jnp.broadcast_to(x0, (2000, 2))
     mean, cov = jb.mixture_moments(model.conditional(x0))
     traj = jax.jit(lambda k, ts: model.trajectory(k, xs, ts))
     errors = []
-    for n in (4, 100):
+    for n in (4, 40):
         ts = jnp.linspace(0.0, 1.0, n + 1)
         path = traj(jax.random.key(16), ts)
-        assert path.shape == (4000, n + 1, 2)
+        assert path.shape == (2000, n + 1, 2)
         np.testing.assert_array_equal(path[:, 0], xs)
         y = path[:, -1]
         errors.append(
             float(jnp.linalg.norm(y.mean(0) - mean))
             + float(jnp.linalg.norm(jnp.cov(y.T) - cov))
         )
-    stderr = float(jnp.sqrt(jnp.trace(cov) / 4000))
+    stderr = float(jnp.sqrt(jnp.trace(cov) / 2000))
     assert errors[1] < 0.5 * errors[0]
     assert errors[1] < 4 * stderr + 0.02
 
@@ -253,9 +251,9 @@ def test_fit_d2_reaches_small_cbw_uvp(bench2):
         bench2.sample_source,
         bench2.sample_target,
         jax.random.key(18),
-        steps=3000,
+        steps=2000,
     )
-    assert losses.shape == (3000,) and jnp.all(jnp.isfinite(losses))
+    assert losses.shape == (2000,) and jnp.all(jnp.isfinite(losses))
     assert losses[-300:].mean() < losses[:30].mean()
     uvp = float(jb.cbw2_uvp(fitted, bench2, jax.random.key(19), num_test=300))
     assert uvp < 2.0, uvp

@@ -15,13 +15,13 @@ from .._core._misc import concrete_value
 from ._lightsb import LightSB
 
 
-Sampler = Callable[[PRNGKeyArray, int], Float[Array, "n D"]]
+Sampler = Callable[[PRNGKeyArray, int], Array]
 
 
 def lightsb_loss(
     model: LightSB,
-    x_batch: Float[ArrayLike, "n D"],
-    y_batch: Float[ArrayLike, "m D"],
+    x_batch: Float[ArrayLike, "n dx"],
+    y_batch: Float[ArrayLike, "m dy"],
 ) -> Float[Array, ""]:
     r"""The LightSB training objective on *independent* batches of source and target
     samples,
@@ -202,8 +202,8 @@ def _fit(model, x_data, y_data, key, steps, batch_size, optimizer, init, meter):
 
 def fit(
     model: LightSB,
-    x_data: Float[ArrayLike, "N D"] | Sampler,
-    y_data: Float[ArrayLike, "M D"] | Sampler,
+    x_data: ArrayLike | Sampler,
+    y_data: ArrayLike | Sampler,
     key: PRNGKeyArray,
     *,
     steps: int,

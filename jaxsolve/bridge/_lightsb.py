@@ -581,8 +581,11 @@ class LightSB(eqx.Module):
         sqrt_eps = jnp.sqrt(self.epsilon)
         d = self.dim
 
+        dtype = self.dtype
+
         def drift(t, y, args):
-            return self._drift(t, y[None])[0]
+            # diffrax may carry times in float64 under x64: keep the model's dtype.
+            return self._drift(jnp.asarray(t, dtype), y[None])[0]
 
         def diffusion(t, y, args):
             return lx.DiagonalLinearOperator(jnp.full((d,), sqrt_eps))
@@ -593,22 +596,27 @@ class LightSB(eqx.Module):
             # A virtual Brownian tree (not UnsafeBrownianPath) so that reverse-mode
             # differentiation through the trajectory works; its resolution is far
             # below the step size.
-            bm = diffrax.VirtualBrownianTree(ts[0], ts[-1], tol, (d,), k)
+            bm = diffrax.VirtualBrownianTree(
+                ts[0], ts[-1], tol, jax.ShapeDtypeStruct((d,), dtype), k
+            )
             terms = diffrax.MultiTerm(
                 diffrax.ODETerm(drift), diffrax.ControlTerm(diffusion, bm)
             )
-            sol = diffrax.diffeqsolve(
-                terms,
-                solver,
-                ts[0],
-                ts[-1],
-                None,
-                x0,
-                saveat=diffrax.SaveAt(ts=ts),
-                stepsize_controller=diffrax.StepTo(ts),
-                max_steps=ts.shape[0],
-            )
-            return sol.ys
+            # diffrax mixes its float64 time bookkeeping with float32 states:
+            # allow that under strict dtype promotion.
+            with jax.numpy_dtype_promotion("standard"):
+                sol = diffrax.diffeqsolve(
+                    terms,
+                    solver,
+                    ts[0],
+                    ts[-1],
+                    None,
+                    x0,
+                    saveat=diffrax.SaveAt(ts=ts),
+                    stepsize_controller=diffrax.StepTo(ts),
+                    max_steps=ts.shape[0],
+                )
+            return sol.ys.astype(dtype)
 
         flat = x.reshape(-1, d)
         keys = jax.random.split(key, flat.shape[0])
