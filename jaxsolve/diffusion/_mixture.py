@@ -3,7 +3,6 @@ and noise prediction under a VP process are closed form (unconditional and
 class-conditional, hence exact classifier-free guidance), and a float64 reference
 endpoint of the probability-flow ODE."""
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -11,6 +10,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from .._core._misc import concrete_value
+from ._sample import Guidance, ode_reference
 from ._schedule import VPSchedule
 
 
@@ -251,64 +251,31 @@ class GaussianMixture(eqx.Module):
         max_steps: int = 100_000,
     ) -> Float[Array, "batch d"]:
         r"""The probability-flow ODE's endpoint at `t_end` (default `t_min`) from
-        `x_T` at `t_start`, in float64 with diffrax (Dopri8, PID step control,
-        `rtol`/`atol` 1e-10).
-
-        Solved in $\lambda$ with $\bar x = x/\alpha$: $d\bar x/d\lambda =
-        -e^{-\lambda}\hat\varepsilon(\alpha_\lambda\bar x)$, which is smooth for
-        every schedule (also the piecewise-linear discrete ones). With `label` the
-        conditional model; with `guidance_scale` $w$ (needs `label`) the guided
-        $\hat\varepsilon_u + w(\hat\varepsilon_c - \hat\varepsilon_u)$.
+        `x_T` at `t_start` with the exact model, in float64 with diffrax (Dopri8, PID
+        step control, `rtol`/`atol` 1e-10): [`jaxsolve.diffusion.ode_reference`][].
+        With `label` the conditional model; with `guidance_scale` $w$ (needs `label`)
+        the guided $\hat\varepsilon_u + w(\hat\varepsilon_c -
+        \hat\varepsilon_u)$.
         """
-        if jnp.asarray(0.0).dtype != jnp.float64:
-            raise ValueError(
-                "GaussianMixture.reference computes in float64: enable it with "
-                '`jax.config.update("jax_enable_x64", True)` at start-up.'
-            )
         if guidance_scale is not None and label is None:
             raise ValueError("`guidance_scale` needs a `label` (the guided class).")
-        x_T = jnp.asarray(x_T, jnp.float64)
-        t_end = schedule.t_min if t_end is None else t_end
-        lam0 = schedule.lambda_(jnp.asarray(t_start, jnp.float64))
-        lam1 = schedule.lambda_(jnp.asarray(t_end, jnp.float64))
-        scale = None if guidance_scale is None else jnp.asarray(guidance_scale, float)
-        lab = None if label is None else jnp.asarray(label)
-        return _reference(self, x_T, lab, scale, lam0, lam1, rtol, atol, max_steps)
-
-
-@eqx.filter_jit
-def _reference(mixture, x_T, label, scale, lam0, lam1, rtol, atol, max_steps):
-    def alpha_sigma(lam):
-        # alpha^2 = sigmoid(2 lambda), sigma^2 = sigmoid(-2 lambda)
-        a = jnp.exp(-0.5 * jnp.logaddexp(0.0, -2 * lam))
-        s = jnp.exp(-0.5 * jnp.logaddexp(0.0, 2 * lam))
-        return a, s
-
-    def field(lam, y, args):
-        a, s = alpha_sigma(lam)
-        x = a * y
-        if label is None:
-            e = mixture.eps(x, a, s)
-        else:
-            e = mixture.eps(x, a, s, label)
-            if scale is not None:
-                eu = mixture.eps(x, a, s)
-                e = eu + scale * (e - eu)
-        return -jnp.exp(-lam) * e
-
-    a0, _ = alpha_sigma(lam0)
-    a1, _ = alpha_sigma(lam1)
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(field),
-        diffrax.Dopri8(),
-        t0=lam0,
-        t1=lam1,
-        dt0=None,
-        y0=x_T / a0,
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-        max_steps=max_steps,
-    )
-    return a1 * sol.ys[-1]
+        model = self.model(schedule, label)
+        guidance = (
+            None
+            if guidance_scale is None
+            else Guidance(self.model(schedule), guidance_scale)
+        )
+        return ode_reference(
+            model,
+            x_T,
+            schedule,
+            guidance=guidance,
+            t_start=t_start,
+            t_end=t_end,
+            rtol=rtol,
+            atol=atol,
+            max_steps=max_steps,
+        )
 
 
 class MixtureModel(eqx.Module):
