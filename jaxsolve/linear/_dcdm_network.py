@@ -17,8 +17,19 @@ from jaxtyping import Array, Float, PRNGKeyArray
 def _conv(
     ndim: int, cin: int, cout: int, kernel: int, key: PRNGKeyArray
 ) -> eqx.nn.Conv:
+    # No biases: the network is then positively homogeneous, f(c r) = c f(r) for
+    # c > 0, so neither the input's scale nor the depth of the recursion (the grid
+    # size) shifts its operating point; this is what lets one set of weights
+    # transfer across grid sizes.
     return eqx.nn.Conv(
-        ndim, cin, cout, kernel, padding=kernel // 2, key=key, dtype=jnp.float32
+        ndim,
+        cin,
+        cout,
+        kernel,
+        padding=kernel // 2,
+        use_bias=False,
+        key=key,
+        dtype=jnp.float32,
     )
 
 

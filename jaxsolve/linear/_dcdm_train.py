@@ -234,7 +234,7 @@ def _train(
 
     def batch(k):
         k1, k2 = jax.random.split(k)
-        c = jax.random.normal(k1, (batch_size, m), dtype) * weights
+        c = jax.random.normal(k1, (batch_size, m), dtype) * weights[None, :]
         b = c @ ritz
         noise = jax.random.normal(k2, (batch_size, b.shape[1]), dtype)
         b = jnp.where(jnp.arange(batch_size)[:, None] < n_random, noise, b)

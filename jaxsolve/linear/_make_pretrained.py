@@ -22,14 +22,14 @@ RECIPES: dict[str, dict] = {
     "poisson2d": {
         "network": {"ndim": 2, "width": 16, "depth": 1},
         "grid": (32, 32),
-        "steps": 1500,
+        "steps": 300,
         "batch_size": 16,
         "seed": 0,
     },
     "poisson3d": {
-        "network": {"ndim": 3, "width": 12, "depth": 1},
+        "network": {"ndim": 3, "width": 8, "depth": 1},
         "grid": (16, 16, 16),
-        "steps": 600,
+        "steps": 250,
         "batch_size": 8,
         "seed": 1,
     },
