@@ -13,7 +13,7 @@ from jaxtyping import Array, Float, PyTree
 
 from .._core import finalise, implicit_jvp, iterate, RESULTS, Solution
 from ._base import check_int, check_positive, to_param
-from ._sets import _Projector, _Rows
+from ._sets import _Projector, _Rows, slack_structure
 
 
 class Newton(eqx.Module):
@@ -87,7 +87,11 @@ class ProjectedGradient(eqx.Module):
 
     **Arguments:** `step` ($t$; `None`: $1/L$ with $L$ from 50 power iterations on
     Hessian-vector products at $y_0$, times 1.5), `rtol`, `atol`, `max_steps`,
-    `qp_steps` (dual iterations per projection).
+    `qp_steps` (iterations per projection), `structure` (static; advanced): the
+    slack structure of the constraint rows as returned by
+    `BilevelProblem.projection_structure(x, y)[1]`. It is detected automatically
+    when the rows are concrete; pass it to keep the exact semismooth-Newton
+    projection when the constraint data are traced (e.g. passed into `jit`).
     """
 
     step: float | None = None
@@ -95,6 +99,9 @@ class ProjectedGradient(eqx.Module):
     atol: float = 1e-8
     max_steps: int = eqx.field(default=20_000, static=True)
     qp_steps: int = eqx.field(default=20, static=True)
+    structure: tuple[tuple[int, ...], tuple[int, ...]] | None = eqx.field(
+        default=None, static=True
+    )
 
     def __check_init__(self):
         if self.step is not None:
@@ -372,7 +379,10 @@ def _kkt_solution(lower, ineq, eq, x, y0, solver, adjoint_solver, active_tol):
     rows = _Rows(
         None, None, Gy, None if gc is None else -gc, Ey, None if ec is None else -ec
     )
-    proj = _Projector(rows, solver.qp_steps)
+    # Exact semismooth-Newton projection when the rows have slack structure and are
+    # concrete (e.g. constraints that do not involve x, data closed over).
+    structure = solver.structure or slack_structure(rows)
+    proj = _Projector(rows, solver.qp_steps, structure)
     y, result, stats = solver.run(lambda v: fns.f(xs, v), flat0, proj, None, None)
     m = 0 if Gy is None else Gy.shape[0]
     mask = jnp.zeros((0,), bool) if ineq is None else fns.g(xs, y) >= -active_tol

@@ -10,7 +10,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PyTree
 
-from ._sets import _combine, _Projector, _Rows, AbstractSet, Reals
+from ._sets import _combine, _Projector, _Rows, AbstractSet, Reals, slack_structure
 
 
 class BilevelProblem(eqx.Module):
@@ -179,8 +179,74 @@ class BilevelProblem(eqx.Module):
 
     # --------------------------------------------------------------- flatten --
 
-    def flatten(self, x0: PyTree, y0: PyTree, qp_steps: int) -> "FlatProblem":
-        return FlatProblem(self, x0, y0, qp_steps)
+    def flatten(
+        self, x0: PyTree, y0: PyTree, qp_steps: int, structure=None
+    ) -> "FlatProblem":
+        return FlatProblem(self, x0, y0, qp_steps, structure)
+
+    def projection_structure(self, x0: PyTree, y0: PyTree):
+        """The static slack structure of the joint set $C$ and of the fibre $C(x)$
+        (see `_sets.slack_structure`), detected from concrete data; `None` parts
+        where absent or when traced (the projections then use the dual QP)."""
+        leaves = jax.tree_util.tree_leaves(eqx.filter((self, x0, y0), eqx.is_array))
+        if any(isinstance(a, jax.core.Tracer) for a in leaves):
+            return None
+        if self.inequality is None:
+            return None
+        xf, ux = ravel_pytree(x0)
+        yf, uy = ravel_pytree(y0)
+        rows = _linear_rows(
+            self, _wrap(self.inequality, ux, uy), _wrap(self.equality, ux, uy), x0, y0
+        )
+        return slack_structure(rows["joint"]), slack_structure(rows["fibre"])
+
+
+def _wrap(fn, ux, uy):
+    if fn is None:
+        return None
+    return lambda x, y: ravel_pytree(fn(ux(x), uy(y)))[0]
+
+
+def _linear_rows(problem, ineq, eq, x0, y0) -> dict:
+    """The rows of X, Y, the joint set C and the fibre C(x) in flat coordinates
+    (the constraints are affine: read off their Jacobian at 0)."""
+    xf, yf = ravel_pytree(x0)[0], ravel_pytree(y0)[0]
+    zx, zy = jnp.zeros_like(xf), jnp.zeros_like(yf)
+    nx, ny = xf.shape[0], yf.shape[0]
+
+    def linearise(fn):
+        if fn is None:
+            return None, None, None, 0
+        c = fn(zx, zy)
+        Jx, Jy = jax.jacfwd(fn, argnums=(0, 1))(zx, zy)
+        return Jx, Jy, c, c.shape[0]
+
+    Gx, Gy, gc, m = linearise(ineq)
+    Ex, Ey, ec, q = linearise(eq)
+    # Constraint rows: G v + gc <= 0 => G v <= -gc; E v + ec = 0 => E v = -ec.
+    cons = _Rows(
+        None,
+        None,
+        None if Gx is None else jnp.concatenate([Gx, Gy], axis=1),
+        None if gc is None else -gc,
+        None if Ex is None else jnp.concatenate([Ex, Ey], axis=1),
+        None if ec is None else -ec,
+    )
+    x_rows = problem.x_set.rows(x0)
+    y_rows = problem.y_set.rows(y0)
+    fibre_cons = _Rows(
+        None, None, Gy, None if gc is None else -gc, Ey, None if ec is None else -ec
+    )
+    return {
+        "m": m,
+        "q": q,
+        "Gx": Gx,
+        "Ex": Ex,
+        "x": x_rows,
+        "y": y_rows,
+        "joint": _combine(nx + ny, (x_rows, 0), (y_rows, nx), (cons, 0)),
+        "fibre": _combine(ny, (y_rows, 0), (fibre_cons, 0)),
+    }
 
 
 class FlatProblem(eqx.Module):
@@ -203,7 +269,7 @@ class FlatProblem(eqx.Module):
     Gx: Array | None
     Ex: Array | None
 
-    def __init__(self, problem: BilevelProblem, x0, y0, qp_steps: int):
+    def __init__(self, problem: BilevelProblem, x0, y0, qp_steps: int, structure=None):
         xf, self.unravel_x = ravel_pytree(x0)
         yf, self.unravel_y = ravel_pytree(y0)
         self.nx, self.ny = xf.shape[0], yf.shape[0]
@@ -211,48 +277,16 @@ class FlatProblem(eqx.Module):
         self.upper = lambda x, y: problem.upper(ux(x), uy(y))
         self.lower = lambda x, y: problem.lower(ux(x), uy(y))
 
-        def wrap(fn):
-            if fn is None:
-                return None
-            return lambda x, y: ravel_pytree(fn(ux(x), uy(y)))[0]
-
-        self.ineq, self.eq = wrap(problem.inequality), wrap(problem.equality)
-        zx, zy = jnp.zeros_like(xf), jnp.zeros_like(yf)
-
-        def linearise(fn):
-            # Affine: fn(x, y) = Jx x + Jy y + c, read off at 0.
-            if fn is None:
-                return None, None, None, 0
-            c = fn(zx, zy)
-            Jx, Jy = jax.jacfwd(fn, argnums=(0, 1))(zx, zy)
-            return Jx, Jy, c, c.shape[0]
-
-        Gx, Gy, gc, self.m = linearise(self.ineq)
-        Ex, Ey, ec, self.q = linearise(self.eq)
-        self.Gx, self.Ex = Gx, Ex
-        # Constraint rows: G v + gc <= 0 => G v <= -gc; E v + ec = 0 => E v = -ec.
-        cons = _Rows(
-            None,
-            None,
-            None if Gx is None else jnp.concatenate([Gx, Gy], axis=1),
-            None if gc is None else -gc,
-            None if Ex is None else jnp.concatenate([Ex, Ey], axis=1),
-            None if ec is None else -ec,
-        )
-        x_rows = problem.x_set.rows(x0)
-        y_rows = problem.y_set.rows(y0)
-        n = self.nx + self.ny
-        self.joint = _Projector(
-            _combine(n, (x_rows, 0), (y_rows, self.nx), (cons, 0)), qp_steps
-        )
-        self.theta = _Projector(y_rows, qp_steps)
-        self.xproj = _Projector(x_rows, qp_steps)
-        fibre_cons = _Rows(
-            None, None, Gy, None if gc is None else -gc, Ey, None if ec is None else -ec
-        )
-        self.fibre = _Projector(
-            _combine(self.ny, (y_rows, 0), (fibre_cons, 0)), qp_steps
-        )
+        self.ineq = _wrap(problem.inequality, ux, uy)
+        self.eq = _wrap(problem.equality, ux, uy)
+        rows = _linear_rows(problem, self.ineq, self.eq, x0, y0)
+        self.m, self.q = rows["m"], rows["q"]
+        self.Gx, self.Ex = rows["Gx"], rows["Ex"]
+        joint_s, fibre_s = (None, None) if structure is None else structure
+        self.joint = _Projector(rows["joint"], qp_steps, joint_s)
+        self.theta = _Projector(rows["y"], qp_steps)
+        self.xproj = _Projector(rows["x"], qp_steps)
+        self.fibre = _Projector(rows["fibre"], qp_steps, fibre_s)
 
     def fibre_shift(self, x):
         """Right-hand-side shifts of C(x)'s rows for a given x (y_set rows first)."""

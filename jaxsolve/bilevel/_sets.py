@@ -19,6 +19,7 @@ import jax
 import jax.lax as lax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, Float, PyTree
 
@@ -438,22 +439,131 @@ def _combine(n: int, *pieces: tuple[_Rows, int]) -> _Rows:
     )
 
 
+def slack_structure(rows: _Rows) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    r"""Detect (from concrete rows) the *slack structure* of a polyhedron
+    $\{v : \ell \le v \le u,\ G v \le g\}$: every row $i$ owns a column $s(i)$
+    (its slack) that is nonzero in row $i$ only, with $G_{i s(i)} < 0$ and no bounds;
+    the other columns met by rows (the core) have no bounds; no equality rows. Soft
+    margin constraints $1 - \xi_i - \ell_i (w^\top z_i + b) \le 0$ have it.
+
+    Returns `(slack_columns, core_columns)` (static tuples), or `None` when the rows
+    do not have the structure or are traced (then the dual QP is used)."""
+    arrays = (rows.lo, rows.hi, rows.G, rows.g)
+    if rows.G is None or rows.E is not None:
+        return None
+    if any(isinstance(a, jax.core.Tracer) for a in arrays if a is not None):
+        return None
+    G = np.asarray(rows.G)
+    m, n = G.shape
+    nz = G != 0
+    count = nz.sum(axis=0)
+    free = np.ones(n, bool)
+    if rows.lo is not None:
+        free &= ~np.isfinite(np.asarray(rows.lo))
+    if rows.hi is not None:
+        free &= ~np.isfinite(np.asarray(rows.hi))
+    candidate = (count == 1) & free & (G.min(axis=0, initial=0.0) < 0)
+    slack = np.full(m, -1)
+    for j in np.flatnonzero(candidate):
+        i = int(np.flatnonzero(nz[:, j])[0])
+        if slack[i] < 0:
+            slack[i] = j
+    if np.any(slack < 0):
+        return None
+    used = np.zeros(n, bool)
+    used[slack] = True
+    core = np.flatnonzero(nz.any(axis=0) & ~used)
+    if not np.all(free[core]):
+        return None
+    return tuple(int(j) for j in slack), tuple(int(j) for j in core)
+
+
+def _project_slack(rows, slack, core, w, duals, steps, shift_g):
+    r"""Exact projection onto $\{G v \le g\}$ with slack structure (see
+    `slack_structure`). Writing row $i$ as $a_i^\top u - d_i s_i \le g_i$ ($u$ the
+    core, $s_i$ its slack, $d_i > 0$), the optimal slack given $u$ is
+    $s_i = \max(w_{s_i}, (a_i^\top u - g_i)/d_i)$, so the projection reduces to the
+    strongly convex, piecewise-quadratic problem in the core only,
+    $$\min_u \tfrac12 \|u - w_u\|^2 + \tfrac12 \sum_i
+      \max\big(0, (a_i^\top u - g_i)/d_i - w_{s_i}\big)^2,$$
+    solved by semismooth Newton (Hessian $I + \sum_{\text{active}} a_i a_i^\top /
+    d_i^2$, of the core's size) with Armijo backtracking, warm-started from the
+    multipliers of the previous call. Multipliers: $\mu_i = (s_i - w_{s_i})/d_i$."""
+    slack_idx = np.asarray(slack)
+    core_idx = np.asarray(core, dtype=int)
+    m = len(slack)
+    rows_idx = np.arange(m)
+    G = rows.G
+    d = -G[rows_idx, slack_idx]
+    A = G[:, core_idx] / d[:, None]  # rows scaled by 1/d
+    g = rows.g if shift_g is None else rows.g + shift_g
+    c = g / d + w[slack_idx]  # residual r(u) = A u - c
+    u0 = w[core_idx]
+    eye = jnp.eye(core_idx.size, dtype=w.dtype)
+
+    def phi(u):
+        r = jnp.maximum(A @ u - c, 0)
+        return 0.5 * jnp.sum((u - u0) ** 2) + 0.5 * jnp.sum(r**2)
+
+    def gradient(u):
+        return u - u0 + A.T @ jnp.maximum(A @ u - c, 0)
+
+    scale = 1 + jnp.linalg.norm(u0) + jnp.linalg.norm(c)
+    tol = 10 * jnp.finfo(w.dtype).eps * scale
+
+    def body(carry):
+        u, _, k = carry
+        grad = gradient(u)
+        active = (A @ u - c > 0).astype(w.dtype)
+        H = eye + A.T @ (active[:, None] * A)
+        step = -jnp.linalg.solve(H, grad)
+        f0, slope = phi(u), jnp.dot(grad, step)
+
+        def ls_cond(t):
+            return (phi(u + t * step) > f0 + 1e-4 * t * slope) & (t > 1e-8)
+
+        t = lax.while_loop(ls_cond, lambda t: t / 2, jnp.ones((), w.dtype))
+        u = u + t * step
+        return u, jnp.linalg.norm(gradient(u)), k + 1
+
+    # Warm start: the core point of the previous multipliers, u = w_u - A^T mu d.
+    u_start = u0 - A.T @ (duals[:m] * d)
+    u_start = jnp.where(phi(u_start) < phi(u0), u_start, u0)
+    init = (u_start, jnp.linalg.norm(gradient(u_start)), jnp.zeros((), jnp.int32))
+    u, _, _ = lax.while_loop(
+        lambda c_: (c_[1] > tol) & (c_[2] < steps) & jnp.isfinite(c_[1]), body, init
+    )
+    excess = jnp.maximum(A @ u - c, 0)
+    v = _clip(w, rows.lo, rows.hi)
+    v = v.at[core_idx].set(u).at[slack_idx].set(w[slack_idx] + excess)
+    return v, duals.at[:m].set(excess / d)
+
+
 class _Projector(eqx.Module):
     """The projection onto a `_Rows` set, choosing closed forms where they exist:
-    identity, clipping, or the affine pseudo-inverse formula; the dual QP otherwise."""
+    identity, clipping, the affine pseudo-inverse formula, the slack-structured
+    semismooth Newton projection (see `slack_structure`); the dual QP otherwise."""
 
     rows: _Rows
     kind: str = eqx.field(static=True)
     E_pinv: Array | None
     nu_map: Array | None
     poly: Polyhedron | None
+    slack: tuple[int, ...] | None = eqx.field(static=True)
+    core: tuple[int, ...] | None = eqx.field(static=True)
 
-    def __init__(self, rows: _Rows, steps: int):
+    def __init__(
+        self,
+        rows: _Rows,
+        steps: int,
+        structure: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
+    ):
         self.rows = rows
         bounded = rows.lo is not None or rows.hi is not None
         self.E_pinv = None
         self.nu_map = None
         self.poly = None
+        self.slack = self.core = None
         if rows.G is None and rows.E is None:
             self.kind = "clip" if bounded else "identity"
         elif rows.G is None and not bounded:
@@ -461,6 +571,11 @@ class _Projector(eqx.Module):
             self.E_pinv = jnp.linalg.pinv(rows.E)
             # (E E^T)^+ = (E^+)^T E^+: maps the residual E w - e to the multipliers.
             self.nu_map = self.E_pinv.T @ self.E_pinv
+        elif structure is not None and rows.E is None:
+            self.kind = "slack"
+            self.slack, self.core = structure
+            if len(self.slack) != rows.G.shape[0]:
+                raise ValueError("internal: slack structure does not fit the rows")
         else:
             self.kind = "qp"
             self.poly = Polyhedron(
@@ -487,6 +602,8 @@ class _Projector(eqx.Module):
             # v = w - E^+ (E w - e); multipliers nu with v = w - E^T nu.
             resid = rows.E @ w - e
             return w - self.E_pinv @ resid, self.nu_map @ resid
+        if self.kind == "slack":
+            return _project_slack(rows, self.slack, self.core, w, duals, steps, shift_g)
         return self.poly.project_with_duals(w, duals, steps, shift_g, shift_e)
 
     def violation(self, v, shift_g=None, shift_e=None):

@@ -66,17 +66,19 @@ def solve(
     check_int(max_steps, "max_steps", "solve")
     problem.check(x0, y0)
     problem.check_affine(x0, y0)
-    return _solve(problem, solver, x0, y0, max_steps, throw, progress_meter)
+    structure = problem.projection_structure(x0, y0)
+    return _solve(problem, solver, x0, y0, max_steps, throw, progress_meter, structure)
 
 
 @eqx.filter_jit
-def _solve(problem, solver, x0, y0, max_steps, throw, progress_meter):
-    flat = problem.flatten(x0, y0, solver.qp_steps)
+def _solve(problem, solver, x0, y0, max_steps, throw, progress_meter, structure):
+    flat = problem.flatten(x0, y0, solver.qp_steps, structure)
     xf, yf = ravel_pytree(x0)[0], ravel_pytree(y0)[0]
     v0 = jnp.concatenate([xf, yf])
     duals0 = jnp.zeros((flat.joint.num_duals,), v0.dtype)
     # An infeasible start is projected (a cold QP solve when C needs one).
-    v, duals = flat.joint(v0, duals0, flat.joint.poly.steps if flat.joint.poly else 1)
+    cold = flat.joint.poly.steps if flat.joint.poly else 10 * solver.qp_steps
+    v, duals = flat.joint(v0, duals0, cold)
     start_projection = jnp.linalg.norm(v - v0)
     x, y = flat.split(v)
     state = solver.init(flat, x, y, duals)
