@@ -530,6 +530,277 @@ def heat_timing(h: Heat, policy, best_omega: float) -> dict:
     return out
 
 
+# -- a sequence users run: variable, time-dependent diffusion, nx = 100 ------------
+
+
+def poisson_csr(coefficient: np.ndarray, shift: float):
+    """The CSR matrix of `js.linear.poisson(shape, coefficient, shift)` in 2-D, built
+    independently from its definition (face coefficient = mean of the two node
+    values, the node value on a boundary face), for pyamg and SciPy."""
+    import scipy.sparse as sp
+
+    k = np.asarray(coefficient, float)
+    nx, ny = k.shape
+    idx = np.arange(nx * ny).reshape(nx, ny)
+    diag = np.full((nx, ny), float(shift))
+    rows, cols, vals = [], [], []
+    for axis in (0, 1):
+        n = k.shape[axis]
+        kk = np.moveaxis(k, axis, 0)
+        faces = np.concatenate([kk[:1], 0.5 * (kk[:-1] + kk[1:]), kk[-1:]], axis=0)
+        lo, hi = faces[:n], faces[1:]
+        diag += np.moveaxis(lo + hi, 0, axis)
+        ii = np.moveaxis(idx, axis, 0)
+        inner = 0.5 * (kk[:-1] + kk[1:])  # face between node j and j + 1
+        rows += [ii[:-1].ravel(), ii[1:].ravel()]
+        cols += [ii[1:].ravel(), ii[:-1].ravel()]
+        vals += [-inner.ravel(), -inner.ravel()]
+    rows.append(idx.ravel())
+    cols.append(idx.ravel())
+    vals.append(diag.ravel())
+    a = sp.coo_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(nx * ny, nx * ny),
+    )
+    return a.tocsr()
+
+
+class VarHeat:
+    """Crank-Nicolson for $u_t = \\nabla\\cdot(\\kappa(t) g(x, y) \\nabla u) + f$ on the
+    unit square (zero Dirichlet), nx cells, $(nx - 1)^2$ unknowns: the diffusion
+    coefficient varies in space ($g = 1 + 0.8 \\sin(2\\pi x)\\sin(3\\pi y)^2$, between
+    0.2 and 1.8) and its scale $\\kappa(t) = 0.55 + 0.45 \\sin(2\\pi t)$ in time.
+    System $t$: $(I + \\tfrac{\\Delta t}{2} L_t) u_{t+1} = (I - \\tfrac{\\Delta t}{2}
+    L_t) u_t + \\Delta t f_t$, i.e. `poisson(coefficient = c_t g, shift = 1)` with
+    $c_t = \\kappa(t)\\Delta t / (2 h^2)$. Context: $\\kappa(t)$."""
+
+    def __init__(self, nx: int, steps: int, stop: float = 2.0):
+        self.nx, self.steps, self.dt = nx, steps, stop / steps
+        self.h = 1.0 / nx
+        m = nx - 1
+        g = np.arange(1, nx) * self.h
+        x, y = np.meshgrid(g, g, indexing="ij")
+        self.g = 1 + 0.8 * np.sin(2 * np.pi * x) * np.sin(3 * np.pi * y) ** 2
+        t_half = (np.arange(steps) + 0.5) * self.dt
+        self.kappa = 0.55 + 0.45 * np.sin(2 * np.pi * t_half)
+        self.scale = self.kappa * self.dt / (2 * self.h**2)
+        self.context_range = (0.1, 1.0)
+        cx = 0.5 + np.cos(4 * np.pi * t_half) / 4
+        cy = 0.5 + np.sin(4 * np.pi * t_half) / 4
+        self.forcing = np.stack(
+            [32 * bump(x, y, a, b, 0.125) for a, b in zip(cx, cy)]
+        ).reshape(steps, m, m)
+        self.u0 = bump(x, y, 0.5, 0.5, 0.25)
+
+    def operators(self):
+        m = self.nx - 1
+        g = jnp.asarray(self.g)
+        return jax.vmap(
+            lambda c: js.linear.poisson((m, m), coefficient=c * g, shift=1.0)
+        )(jnp.asarray(self.scale))
+
+    def data(self):
+        return (jnp.asarray(self.scale), jnp.asarray(self.forcing))
+
+    def rhs_fn(self):
+        m, g, dt = self.nx - 1, jnp.asarray(self.g), self.dt
+
+        def rhs(u, d):
+            c, f = d
+            a = js.linear.poisson((m, m), coefficient=c * g, shift=1.0)
+            return 2 * u - a.mv(u) + dt * f
+
+        return rhs
+
+
+def _timed(fn, *args):
+    """(result, seconds of the second call): the first call compiles."""
+    jax.block_until_ready(fn(*args))
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    return out, time.perf_counter() - t0
+
+
+def varcoef(nx: int, steps: int, sample: int, rtol: float = 1e-8) -> dict:
+    """Wall-clock of a whole simulation, by method: SSOR-PCG and red-black SOR with
+    omega = 1, the best fixed omega (found in hindsight on a sample of the systems),
+    Tsallis-INF and ChebCB; lineax CG; pyamg SA-PCG set up once (re-set-up when the
+    scale moved by 10 %) and set up every step."""
+    import lineax as lx
+
+    h = VarHeat(nx, steps)
+    m = nx - 1
+    ops, data, rhs = h.operators(), h.data(), h.rhs_fn()
+    contexts = jnp.asarray(h.kappa)
+    u0 = jnp.asarray(h.u0)
+    out = {"nx": nx, "unknowns": m * m, "steps": steps, "rtol": rtol, "methods": {}}
+    solvers = {
+        "SSOR-PCG": js.linear.SSORPCG(1.0, rtol=rtol, ordering="natural"),
+        "SOR": js.linear.SOR(1.0, rtol=rtol, max_steps=20_000),
+    }
+
+    # The trajectory (b_t, u_{t-1}) from a tight reference run, for the hindsight
+    # cost tables on a sample of the systems.
+    @jax.jit
+    def trajectory(ops, data, u0):
+        def step(u, xs):
+            op, d = xs
+            b = rhs(u, d)
+            sol = js.linear.solve(op, b, solvers["SSOR-PCG"], x0=u)
+            return sol.value, (b, u)
+
+        return jax.lax.scan(step, u0, (ops, data))[1]
+
+    # The SciPy matrix the AMG anchor uses is the same operator.
+    v = np.random.default_rng(0).standard_normal((m, m))
+    a0 = poisson_csr(h.scale[0] * h.g, 1.0)
+    mv = jax.tree.map(lambda a: a[0], ops).mv(jnp.asarray(v))
+    assert np.allclose(a0 @ v.ravel(), np.asarray(mv).ravel(), rtol=1e-12, atol=1e-12)
+
+    bs, prevs = trajectory(ops, data, u0)
+    pick = np.linspace(0, steps - 1, sample).astype(int)
+    sub_ops = jax.tree.map(lambda a: a[pick], ops)
+
+    for sname, solver in solvers.items():
+        t0 = time.perf_counter()
+        table = jax.jit(
+            lambda o, b, x: (
+                jt.cost_table(solver, (o, b), OMEGAS, x0s=x, batch_size=sample).costs
+            )
+        )(sub_ops, bs[pick], prevs[pick])
+        arm, _ = jt.best_fixed(np.asarray(table))
+        best = float(OMEGAS[int(arm)])
+        out[f"{sname} best fixed omega (hindsight, {sample} systems)"] = best
+        out[f"{sname} hindsight table seconds"] = time.perf_counter() - t0
+
+        @jax.jit
+        def simulate(ops, data, contexts, key, policy):
+            return jt.solve_sequence(
+                solver,
+                (ops, data),
+                policy,
+                key,
+                contexts,
+                x0=u0,
+                warm_start=True,
+                rhs_fn=rhs,
+            )
+
+        policies = {
+            "omega = 1": jt.TsallisINF(jnp.asarray([1.0])),
+            f"best fixed omega {best:.2f}": jt.TsallisINF(jnp.asarray([best])),
+            "Tsallis-INF": jt.TsallisINF(OMEGAS),
+            "ChebCB": jt.ChebCB(OMEGAS, degree=5, context_range=h.context_range),
+        }
+        for pname, policy in policies.items():
+            res, sec = _timed(simulate, ops, data, contexts, jax.random.key(0), policy)
+            ok = bool(np.all(np.asarray(res.result == js.RESULTS.successful)))
+            # The policy's own time (select + update, compiled, in a scan): replay
+            # it on the hindsight costs of the sampled systems, tiled to the
+            # sequence's length (realistic costs and contexts, no solves).
+            reps = -(-steps // sample)
+            tiled = jnp.asarray(np.tile(np.asarray(table), (reps, 1))[:steps])
+            ctx = jnp.asarray(np.tile(h.kappa[pick], reps)[:steps])
+            if policy.num_arms == 1:
+                tiled = tiled[:, :1]
+            _, policy_sec = _timed(
+                jax.jit(lambda c, k, x, p=policy: jt.replay(p, c, k, x).costs),
+                tiled,
+                jax.random.key(0),
+                ctx,
+            )
+            out["methods"][f"{sname}, {pname}"] = {
+                "seconds": sec,
+                "iterations": int(np.sum(np.asarray(res.num_steps))),
+                "all successful": ok,
+                "policy seconds": policy_sec,
+            }
+            print(
+                f"  [varcoef nx={nx}] {sname}, {pname}: {sec:.2f} s, "
+                f"{int(np.sum(np.asarray(res.num_steps)))} its, policy "
+                f"{policy_sec:.3f} s{'' if ok else ', FAILURES'}",
+                flush=True,
+            )
+
+    cg = lx.CG(rtol=0.0, atol=0.0, max_steps=20_000)  # atol set per system below
+
+    @jax.jit
+    def cg_sim(ops, data, u0):
+        def step(u, xs):
+            op, d = xs
+            b = rhs(u, d)
+            solver = eqx_tree_at_atol(cg, rtol * jnp.linalg.norm(b))
+            sol = js.linear.solve(op, b, solver, x0=u, throw=False)
+            return sol.value, sol.stats["num_steps"]
+
+        return jax.lax.scan(step, u0, (ops, data))[1]
+
+    steps_cg, sec = _timed(cg_sim, ops, data, u0)
+    out["methods"]["lineax CG"] = {
+        "seconds": sec,
+        "iterations": int(np.sum(np.asarray(steps_cg))),
+    }
+    print(f"  [varcoef nx={nx}] lineax CG: {sec:.2f} s", flush=True)
+
+    try:
+        import pyamg
+    except ImportError:
+        print("  (pyamg not installed: install the bench extra for the AMG anchor)")
+        return out
+    forcing, g = h.forcing.reshape(steps, -1), h.g
+    for label, every in (
+        ("set up when scale moves 10 %", False),
+        ("set up every step", True),
+    ):
+        u = h.u0.reshape(-1)
+        iters, setups, ml, ref = 0, 0, None, None
+        t0 = time.perf_counter()
+        for t in range(steps):
+            a = poisson_csr(h.scale[t] * g, 1.0)
+            b = 2 * u - a @ u + h.dt * forcing[t]
+            if every or ml is None or abs(h.scale[t] / ref - 1) > 0.1:
+                ml, ref = pyamg.smoothed_aggregation_solver(a), h.scale[t]
+                setups += 1
+            res_hist: list = []
+            u = ml.solve(
+                b, x0=u, tol=rtol, accel="cg", maxiter=1000, residuals=res_hist
+            )
+            # pyamg's tol is relative to ||b||, the same rule as ours (2-norm).
+            iters += len(res_hist) - 1
+        out["methods"][f"pyamg SA-PCG, {label}"] = {
+            "seconds": time.perf_counter() - t0,
+            "iterations": iters,
+            "setups": setups,
+        }
+        print(f"  [varcoef nx={nx}] pyamg {label}: {time.perf_counter() - t0:.2f} s")
+    return out
+
+
+def eqx_tree_at_atol(cg, atol):
+    import equinox as eqx
+
+    return eqx.tree_at(lambda s: s.atol, cg, atol)
+
+
+def print_varcoef(res: dict) -> None:
+    print(
+        f"\nVariable-coefficient heat equation nx = {res['nx']} ({res['unknowns']} "
+        f"unknowns), {res['steps']} CN steps, rtol {res['rtol']:g}: whole-simulation "
+        "wall-clock (compile excluded)"
+    )
+    rows = sorted(res["methods"].items(), key=lambda kv: kv[1]["seconds"])
+    fastest = rows[0][1]["seconds"]
+    print(
+        f"{'method':<48}{'seconds':>9}{'x fastest':>11}{'iterations':>12}{'policy s':>10}"
+    )
+    for name, v in rows:
+        pol = v.get("policy seconds")
+        print(
+            f"{name:<48}{v['seconds']:>9.2f}{v['seconds'] / fastest:>11.2f}"
+            f"{v['iterations']:>12}{'' if pol is None else f'{pol:.3f}':>10}"
+        )
+
+
 def print_heat(res: dict) -> None:
     nx = res["nx"]
     exp = EXPECTED_HEAT.get(nx, {}) if res["steps"] == 5000 else {}
@@ -573,6 +844,12 @@ def main():
     parser.add_argument("--skip-heat", action="store_true")
     parser.add_argument("--skip-synthetic", action="store_true")
     parser.add_argument(
+        "--skip-varcoef", action="store_true", help="skip the nx = 100 sequence"
+    )
+    parser.add_argument(
+        "--only-varcoef", action="store_true", help="run only the nx = 100 sequence"
+    )
+    parser.add_argument(
         "--heat-sizes", type=int, nargs="+", default=None, help="nx values (25 50)"
     )
     parser.add_argument(
@@ -600,6 +877,13 @@ def main():
         "heat": {},
     }
     t_start = time.perf_counter()
+    partial = args.only_varcoef or args.skip_synthetic or args.skip_heat
+    if partial and not quick and args.out.exists():
+        # A partial run updates the committed results instead of replacing them.
+        old = json.loads(args.out.read_text())
+        results = {**old, **{k: v for k, v in results.items() if k not in old}}
+        results["synthetic"] = old.get("synthetic", {})
+        results["heat"] = old.get("heat", {})
 
     def save():
         # Written after every experiment, so a long run leaves partial results.
@@ -607,6 +891,8 @@ def main():
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1, default=float))
 
+    if args.only_varcoef:
+        args.skip_synthetic = args.skip_heat = True
     if not args.skip_synthetic:
         results["replay equals live solve_sequence"] = check_live_prefix(
             100 if quick else 200
@@ -624,6 +910,11 @@ def main():
             results["heat"][str(nx)] = res
             print_heat(res)
             save()
+    if not args.skip_varcoef:
+        nx, steps, sample = (20, 60, 20) if quick else (100, 2000, 100)
+        res = varcoef(nx, steps, sample)
+        results["varcoef"] = res
+        print_varcoef(res)
     save()
     print(f"\nwrote {args.out} ({results['total seconds']:.0f} s)")
 

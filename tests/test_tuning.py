@@ -579,3 +579,77 @@ def test_demo_rows():
     opt = by_method["instance-optimal omega"]["iterations"]
     for name in ("Tsallis-INF", "Tsallis-INF-CB", "ChebCB"):
         assert opt <= by_method[name]["iterations"] < gs / 2
+
+
+# -- ChebCB: cached refits, the rate regression, the exploration parameter -------
+
+
+def test_chebcb_cached_refit_equals_refitting_every_arm():
+    # An update refits only the played arm unless the scale grew; the cached
+    # coefficients must equal a from-scratch fit of every arm.
+    from jaxsolve.tuning._chebcb import _box_lstsq, _min_norm_lstsq
+
+    table, c = _contextual_table(400, 3)
+    policy = jt.ChebCB(GRID, degree=3, context_range=RANGE)
+    out = jt.replay(policy, table, jax.random.key(0), c)
+    st = out.policy_state
+    m = policy.num_features
+    bound = st.max_cost * jnp.concatenate([jnp.ones(1), 2 / jnp.arange(1, m)])
+    raw = jax.vmap(_min_norm_lstsq)(st.gram, st.moment)
+    bad = jnp.any(jnp.abs(raw) > bound[None], axis=1)
+    boxed = jax.vmap(lambda g, h: _box_lstsq(g, h, bound, policy.box_steps))(
+        st.gram, st.moment
+    )
+    expected = jnp.where(bad[:, None], boxed, raw)
+    np.testing.assert_allclose(st.raw, expected, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(
+        st.theta, expected / (st.max_cost * policy._norm_const())
+    )
+
+
+def _rate_table(T, seed):
+    # SOR-like costs: a rate (like -log rho) that grows with the context and peaks
+    # at a best omega moving with it; cost = const / rate blows up at the low end.
+    rng = np.random.default_rng(seed)
+    c = rng.uniform(*RANGE, T)
+    w = np.linspace(1.0, 1.9, 10)
+    best = 1.85 - 0.6 * (c - RANGE[0]) / (RANGE[1] - RANGE[0])
+    rate = (0.02 + 0.3 * (c[:, None] + 0.16)) * np.exp(
+        -2.0 * np.abs(w[None, :] - best[:, None])
+    )
+    return np.round(10 / rate + rng.uniform(0, 3, (T, 10))).astype(np.int64), c
+
+
+def test_chebcb_rate_regression_learns_an_sor_like_table():
+    table, c = _rate_table(3000, 0)
+    _, best = jt.best_fixed(table)
+    _, opt = jt.instance_optimal(table)
+    assert float(best) > 1.2 * float(opt)  # context matters
+    policy = jt.ChebCB(GRID, degree=4, context_range=RANGE, regress="rate")
+    total = int(jt.replay(policy, table, jax.random.key(0), c).costs.sum())
+    # Measured 1.03-1.05x over three keys.
+    assert total < 1.10 * float(opt), (total, float(opt), float(best))
+
+
+def test_chebcb_exploration_is_an_array_field():
+    traces = []
+
+    @eqx.filter_jit
+    def run(policy, table, key, contexts):
+        traces.append(1)
+        return jt.replay(policy, table, key, contexts).costs.sum()
+
+    table, c = _contextual_table(300, 1)
+    totals = []
+    for e in (1.0, 0.25, 4.0):
+        policy = jt.ChebCB(GRID, degree=3, context_range=RANGE, exploration=e)
+        totals.append(int(run(policy, table, jax.random.key(0), c)))
+    assert len(traces) == 1
+    assert len(set(totals)) > 1  # the parameter reaches the policy
+
+
+def test_chebcb_bad_options():
+    with pytest.raises(ValueError, match="regress.*'cost' or 'rate'.*'log'"):
+        jt.ChebCB(GRID, context_range=RANGE, regress="log")
+    with pytest.raises(ValueError, match="exploration.*positive"):
+        jt.ChebCB(GRID, context_range=RANGE, exploration=0.0)

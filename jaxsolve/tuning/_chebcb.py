@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
+from .._core._misc import concrete_value
 from ._base import (
     AbstractPolicy,
     check_arm,
@@ -153,6 +154,20 @@ class ChebCB(AbstractPolicy[ChebCBState]):
     - `degree`: the largest Chebyshev degree (default 5, i.e. 6 features).
     - `context_range`: `(low, high)`, the range of the context.
     - `box_steps`: FISTA iterations for the box-constrained refit (default 200).
+    - `regress`: `"cost"` (default, the authors' rule) regresses the cost itself;
+        `"rate"` regresses $1/\ell$ (for SOR-type solvers proportional to
+        $-\log\rho(\omega, c)$, smooth in $c$ even where the cost blows up near a
+        singular system) and predicts $\hat y_i = 1/\hat r_i$ in the same scaled
+        units, with the box $|\theta_{i,0}| \le 1$, $|\theta_{i,j}| \le 2/j$ and
+        $r = 0$ in $\eta_t$.
+    - `exploration`: divides $\eta_t$ (default 1, the authors' schedule; below 1
+        exploits more). An array field: sweeping it does not recompile. On the
+        paper's synthetic sequences `regress="rate", exploration=0.25` measured
+        1.10x instance-optimal against 1.13x for the defaults (see docs/tuning.md).
+
+    An update refits only the played arm (the others' statistics did not change)
+    unless the largest cost, and with it the box, grew: then every arm, as the
+    authors do. The choices are those of refitting every arm every round.
 
     ??? cite "References"
 
@@ -176,9 +191,21 @@ class ChebCB(AbstractPolicy[ChebCBState]):
     degree: int = eqx.field(default=5, static=True)
     context_range: Float[Array, "2"] = eqx.field(converter=to_range, default=None)
     box_steps: int = eqx.field(default=200, static=True)
+    regress: str = eqx.field(default="cost", static=True)
+    exploration: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=1.0)
 
     def __check_init__(self):
+        if self.regress not in ("cost", "rate"):
+            raise ValueError(
+                f"ChebCB(regress=...) must be 'cost' or 'rate', got {self.regress!r}."
+            )
         check_omegas("ChebCB", self.omegas)
+        expl = concrete_value(self.exploration)
+        if self.exploration.ndim != 0 or (expl is not None and not float(expl) > 0):
+            raise ValueError(
+                "ChebCB(exploration=...) must be a positive scalar, got "
+                f"{self.exploration}."
+            )
         check_int("ChebCB", "degree", self.degree, 0)
         check_range("ChebCB", self.context_range)
         check_int("ChebCB", "box_steps", self.box_steps, 1)
@@ -224,6 +251,12 @@ class ChebCB(AbstractPolicy[ChebCBState]):
         _, valid = clip_context(context, self.context_range)
         d = self.num_arms
         yhat = state.theta @ self.features(context)
+        if self.regress == "rate":
+            # Predicted rate -> predicted cost, in the same scaled units as the
+            # cost regression (so the exploration schedule is unchanged). A rate
+            # fitted at or below 0 means "at least twice the worst cost seen".
+            big = jnp.maximum(state.max_cost, 1)
+            yhat = 1 / jnp.maximum(1 + yhat, 1 / (2 * big)) / (big * self._norm_const())
         best = jnp.argmin(yhat)
         others = 1 / (d + state.eta * (yhat - yhat[best]))
         others = others.at[best].set(0)
@@ -264,7 +297,13 @@ class ChebCB(AbstractPolicy[ChebCBState]):
         valid = valid_cost & valid_context
         d, m = self.num_arms, self.num_features
         phi = self.features(context)
-        target = cost - 1
+        rate = self.regress == "rate"
+        # "rate" regresses 1/cost, which for SOR-type solvers is proportional to
+        # -log(spectral radius): smooth in the context even where the cost blows
+        # up near a singular system, so a low-degree fit is accurate there.
+        # Both targets are 0 at the ideal cost 1, so the minimum-norm fit of an arm
+        # with few plays shrinks towards "cheap": optimism that gets it explored.
+        target = 1 / cost - 1 if rate else cost - 1
         played = jnp.arange(d) == arm
 
         gram = state.gram + jnp.where(
@@ -276,11 +315,13 @@ class ChebCB(AbstractPolicy[ChebCBState]):
         max_cost = jnp.maximum(state.max_cost, cost)
         n_const = self._norm_const()
         scale = max_cost * n_const
-        rescaled = (max_cost != state.max_cost) | (state.num_rounds == 0)
+        rescaled = (state.num_rounds == 0) | (
+            False if rate else (max_cost != state.max_cost)
+        )
 
         # Fit in raw units (targets cost - 1), where the box is |theta_0| <= K,
         # |theta_j| <= 2K/j; then divide by the scale.
-        bound = max_cost * jnp.concatenate(
+        bound = (1 if rate else max_cost) * jnp.concatenate(
             [jnp.ones((1,), dtype), 2 / jnp.arange(1, m, dtype=dtype)]
         )
 
@@ -289,9 +330,9 @@ class ChebCB(AbstractPolicy[ChebCBState]):
             violated = jnp.any(jnp.abs(raw) > bound[None], axis=1)
             boxed = jax.lax.cond(
                 jnp.any(violated),
-                lambda: jax.vmap(
-                    lambda g, h: _box_lstsq(g, h, bound, self.box_steps)
-                )(gram, moment),
+                lambda: jax.vmap(lambda g, h: _box_lstsq(g, h, bound, self.box_steps))(
+                    gram, moment
+                ),
                 lambda: raw,
             )
             return jnp.where(violated[:, None], boxed, raw), violated
@@ -321,6 +362,8 @@ class ChebCB(AbstractPolicy[ChebCBState]):
         refit = jnp.where(rescaled, jnp.ones((d,), bool), played)
         last = jnp.where(refit & violated, jnp.arange(d), -1).max()
         resnorm = jnp.where(last >= 0, rss[jnp.maximum(last, 0)], 0)
+        if rate:
+            resnorm = jnp.zeros_like(resnorm)  # rates are not in the loss's units
 
         pred = state.predictions[arm]
         pred_sq = state.pred_sq + pred**2
@@ -331,14 +374,15 @@ class ChebCB(AbstractPolicy[ChebCBState]):
         tf = t.astype(dtype)
         alpha = (math.pi + 2 / math.pi * math.log(2 * m + 1)) / (2 * n_const * (m + 1))
         denom = jnp.maximum(online_loss - resnorm, 0) + 2 * alpha**2 * tf
-        eta = 2 * tf * jnp.sqrt(d * tf / denom)
+        # `exploration` divides the authors' eta (> 1 explores more, < 1 less).
+        eta = 2 * tf * jnp.sqrt(d * tf / denom) / self.exploration.astype(dtype)
 
         new = state._replace(
             gram=gram,
             moment=moment,
             sqsum=sqsum,
             counts=counts,
-            theta=raw / scale,
+            theta=raw if rate else raw / scale,
             raw=raw,
             max_cost=max_cost,
             num_rounds=t,
