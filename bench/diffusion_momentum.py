@@ -25,7 +25,6 @@ temporary file unless --out is given).
 """
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -240,11 +239,11 @@ def parity(nfes, n_samples=64, dim=2, w=7.5):
 
     def eps_torch(x, k):
         t = (int(k) + 1) / 1000
-        return torch.from_numpy(np.asarray(guided(jnp.asarray(x.numpy()), t)))
+        return torch.from_numpy(np.array(guided(jnp.asarray(x.numpy()), t)))
 
     def run_diffusers(sch, n):
         sch.set_timesteps(n)
-        x = torch.from_numpy(np.asarray(x_T)).double()
+        x = torch.from_numpy(np.array(x_T)).double()
         for k in sch.timesteps:
             x = sch.step(eps_torch(x, k), k, x).prev_sample
         return x.double().numpy(), sch.timesteps.numpy()
@@ -267,6 +266,7 @@ def parity(nfes, n_samples=64, dim=2, w=7.5):
                     to64(
                         diffusers.DDIMScheduler(
                             beta_schedule="linear",
+                            clip_sample=False,
                             set_alpha_to_one=False,
                             timestep_spacing=spacing,
                             steps_offset=off,
@@ -311,8 +311,18 @@ def parity(nfes, n_samples=64, dim=2, w=7.5):
         for name, sch, ours, spacing in cases:
             theirs, ks = run_diffusers(sch, n)
             grid = jd.timesteps(sched, n, spacing)
-            mine = jd.sample(cond, x_T, sched, ours, n, time_grid=grid, guidance=jd.Guidance(uncond, w)).value
-            rel = float(np.linalg.norm(np.asarray(mine) - theirs) / np.linalg.norm(theirs))
+            mine = jd.sample(
+                cond,
+                x_T,
+                sched,
+                ours,
+                n,
+                time_grid=grid,
+                guidance=jd.Guidance(uncond, w),
+            ).value
+            rel = float(
+                np.linalg.norm(np.asarray(mine) - theirs) / np.linalg.norm(theirs)
+            )
             rows.append({"scheduler": name, "nfe": n, "rel_diff": rel})
     return {"rows": rows, "dim": dim, "w": w, "samples": n_samples}
 
@@ -366,7 +376,13 @@ def main():
     names = list(samplers())
     if quick:
         mix_cfg = [(64, (8, 15), (15.0,), GRIDS)]
-        dig_cfg = (64, (8,), (7.5,), ("logsnr",), ["DDIM", "PLMS4", "PLMS4+HB0.5", "GHVB1.5"])
+        dig_cfg = (
+            64,
+            (8,),
+            (7.5,),
+            ("logsnr",),
+            ["DDIM", "PLMS4", "PLMS4+HB0.5", "GHVB1.5"],
+        )
         par_nfes = (10,)
     else:
         mix_cfg = [(2, NFES, SCALES, GRIDS), (64, NFES, SCALES, GRIDS)]
@@ -429,7 +445,11 @@ def main():
             print(
                 format_table(
                     par["rows"],
-                    [("scheduler", "scheduler", "s"), ("NFE", "nfe", "d"), ("rel. diff", "rel_diff", ".2e")],
+                    [
+                        ("scheduler", "scheduler", "s"),
+                        ("NFE", "nfe", "d"),
+                        ("rel. diff", "rel_diff", ".2e"),
+                    ],
                 )
             )
             print("goal: <= 1e-5")

@@ -9,7 +9,11 @@ from ._digits import (
     train_digits as train_digits,
 )
 from ._mixture import GaussianMixture as GaussianMixture, MixtureModel as MixtureModel
-from ._sample import Guidance as Guidance, ode_reference as ode_reference, sample as sample
+from ._sample import (
+    Guidance as Guidance,
+    ode_reference as ode_reference,
+    sample as sample,
+)
 from ._samplers import (
     ab_coefficients as ab_coefficients,
     AbstractMultistepSampler as AbstractMultistepSampler,

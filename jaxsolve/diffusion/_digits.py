@@ -26,12 +26,12 @@ from .._core import (
     load,
     load_header,
     NoProgressMeter,
-    save,
 )
 from ._schedule import VPSchedule
 
 
 PRETRAINED = pathlib.Path(__file__).parent / "pretrained" / "digits_denoiser.jsv"
+_TRAIN_SCHEDULE = VPSchedule.linear()
 NUM_CLASSES = 10
 
 
@@ -57,7 +57,9 @@ class DigitsDenoiser(eqx.Module):
     (x_t, t, c)$, with label $c \in \{0..9\}$ or the null label 10 (unconditional,
     trained by label dropout for classifier-free guidance).
 
-    Input: the 64 pixels, sinusoidal features of $t$, a learned class embedding;
+    Trained with `VPSchedule.linear()` (the default, which it assumes).
+    Input: the 64 pixels, low-frequency sinusoidal features of the noise level
+    $\lambda_t/4$, a learned class embedding;
     `depth` residual blocks of width `width`, each re-injecting the time/class
     conditioning. Computes in its parameters' dtype (float32 by default) and returns
     the dtype of `x`.
@@ -91,7 +93,7 @@ class DigitsDenoiser(eqx.Module):
         width: int = 256,
         depth: int = 3,
         embed_dim: int = 32,
-        num_frequencies: int = 16,
+        num_frequencies: int = 6,
         dtype: Any = jnp.float32,
     ):
         keys = jax.random.split(key, 3 + 2 * depth)
@@ -132,8 +134,12 @@ class DigitsDenoiser(eqx.Module):
         out_dtype = x.dtype
         x = x.astype(dtype)
         t = jnp.asarray(t).astype(dtype)
-        freqs = (2.0 ** jnp.arange(self.num_frequencies, dtype=dtype)) * jnp.pi
-        tf = jnp.concatenate([jnp.sin(freqs * t), jnp.cos(freqs * t)])
+        # Condition on the noise level c = lambda_t / 4 of the training schedule (the
+        # default linear VP), with low frequencies only: the network must be smooth in
+        # t, or ODE samplers and adaptive reference solvers see a rough vector field.
+        c_noise = _TRAIN_SCHEDULE.lambda_(t) / 4
+        freqs = 2.0 ** jnp.arange(self.num_frequencies, dtype=dtype)
+        tf = jnp.concatenate([jnp.sin(freqs * c_noise), jnp.cos(freqs * c_noise)])
         c = jnp.concatenate([tf, self.embed(jnp.asarray(label))])
         h = self.inp(jnp.concatenate([x, c]))
         for lin, cond in zip(self.blocks, self.cond):
@@ -170,7 +176,6 @@ def train_digits(
     learning_rate: float = 2e-3,
     p_uncond: float = 0.1,
     ema: float = 0.999,
-    schedule: VPSchedule | None = None,
     progress_meter: AbstractProgressMeter | None = None,
 ) -> tuple[DigitsDenoiser, Float[Array, " steps"]]:
     r"""Train a [`jaxsolve.diffusion.DigitsDenoiser`][] by denoising score matching,
@@ -178,12 +183,12 @@ def train_digits(
     $$\min_\theta\; E_{x_0, c, t, \varepsilon}\,\|\hat\varepsilon_\theta(\alpha_t x_0
     + \sigma_t\varepsilon, t, c') - \varepsilon\|^2,$$
 
-    $t \sim U[t_\min, 1]$, $c' = c$ or the null label with probability `p_uncond`
+    on `VPSchedule.linear()`, $t \sim U[t_\min, 1]$, $c' = c$ or the null label with probability `p_uncond`
     (classifier-free guidance training). Adam with a cosine learning-rate decay,
     one `lax.scan`; returns the exponential moving average (`ema`) of the weights
     and the per-step losses.
     """
-    schedule = VPSchedule.linear() if schedule is None else schedule
+    schedule = _TRAIN_SCHEDULE
     images = jnp.asarray(images, net.inp.weight.dtype)
     labels = jnp.asarray(labels, jnp.int32)
     if images.ndim != 2 or images.shape[1] != 64 or labels.shape != images.shape[:1]:
@@ -274,7 +279,10 @@ def _main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    from .._core import TextProgressMeter
+    # Under `python -m` this file runs as `__main__`: use the package's classes so
+    # the saved file names `jaxsolve.diffusion._digits.DigitsDenoiser`.
+    from jaxsolve._core import save, TextProgressMeter
+    from jaxsolve.diffusion._digits import DigitsDenoiser, load_digits, train_digits
 
     images, labels = load_digits()
     key = jax.random.key(args.seed)
