@@ -308,8 +308,9 @@ def main():
         else RESULTS_PATH
     )
     dims = args.dims or ([2, 16] if quick else [2, 16, 64, 128])
+    quality_dims = [2] if quick else dims
     epsilons = [0.1, 10.0] if quick else [0.1, 1.0, 10.0]
-    steps = args.steps or (1000 if quick else 10_000)
+    steps = args.steps or (3000 if quick else 10_000)
     repeats = args.repeats or (3 if quick else 7)
     results = {
         "quick": quick,
@@ -346,12 +347,12 @@ def main():
             flush=True,
         )
         results["quality"] = quality(
-            dims,
+            quality_dims,
             epsilons,
             steps,
             20_000 if quick else 100_000,
-            256 if quick else 2048,
-            200 if quick else 1000,
+            256 if quick else 1024,
+            200 if quick else 500,
             0,
         )
     results["total_s"] = time.perf_counter() - t_start
