@@ -1,6 +1,5 @@
 r"""The deep conjugate direction method (DCDM): conjugate directions from a network."""
 
-from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
@@ -95,7 +94,7 @@ class DeepConjugateDirection(AbstractIterativeLinearSolver):
         ```
     """
 
-    network: Callable[..., Any]
+    network: Any
     rtol: float = 1e-6
     atol: float = 0.0
     max_steps: int = 1000

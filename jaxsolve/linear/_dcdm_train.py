@@ -200,12 +200,24 @@ def train_dcdm(
         n *= s
     m = min(n, 400) if lanczos_steps is None else lanczos_steps
     if optimizer is None:
-        optimizer = optax.adam(optax.cosine_decay_schedule(1e-3, steps, alpha=0.1))
+        optimizer = optax.adam(_cosine_schedule(1e-3, 1e-4, steps))
     meter = NoProgressMeter() if progress_meter is None else progress_meter
     return _train(
         network, operator, key, steps, batch_size, optimizer, meter, m,
         float(low_fraction), float(low_weight), float(random_fraction),
     )  # fmt: skip
+
+
+def _cosine_schedule(start: float, end: float, steps: int) -> Callable:
+    """Cosine decay from `start` to `end` over `steps` (explicit casts: optax's own
+    schedules mix int32 and float under strict dtype promotion)."""
+
+    def schedule(count):
+        dtype = jnp.zeros(()).dtype
+        frac = jnp.minimum(count.astype(dtype) / steps, 1.0)
+        return end + (start - end) * 0.5 * (1 + jnp.cos(jnp.pi * frac))
+
+    return schedule
 
 
 @eqx.filter_jit
@@ -242,7 +254,10 @@ def _train(
         return b.reshape((batch_size, *shape))
 
     params, static = eqx.partition(network, eqx.is_inexact_array)
-    opt_state = optimizer.init(params)
+    # optax mixes Python floats with int32 step counts (Adam's bias correction),
+    # which strict dtype promotion rejects; the optimiser runs under standard rules.
+    with jax.numpy_dtype_promotion("standard"):
+        opt_state = optimizer.init(params)
 
     def loss_fn(p, b):
         return dcdm_loss(eqx.combine(p, static), operator, b)
@@ -250,7 +265,8 @@ def _train(
     def body(carry, k):
         params, opt_state, mstate, step = carry
         loss, grads = jax.value_and_grad(loss_fn)(params, batch(k))
-        updates, opt_state = optimizer.update(grads, opt_state, params)
+        with jax.numpy_dtype_promotion("standard"):
+            updates, opt_state = optimizer.update(grads, opt_state, params)
         params = eqx.apply_updates(params, updates)
         step = step + 1
         if not isinstance(meter, NoProgressMeter):
