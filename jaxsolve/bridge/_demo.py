@@ -14,8 +14,8 @@ def demo_rows(quick: bool = True) -> list[dict[str, object]]:
     """LightSB (K = 50, diagonal) fitted on a 2-D entropic-OT benchmark pair with
     known plan (eps = 0.1), against the Gaussian closed-form plan: cBW2-UVP in % of
     the target variance (lower is better). About 10 s on a 2-core CPU with
-    `quick=True` (1000 steps; 5000 otherwise)."""
-    steps = 1000 if quick else 5000
+    `quick=True` (3000 steps; 10 000 otherwise)."""
+    steps = 3000 if quick else 10_000
     eps = 0.1
     dtype = jnp.float32
     bench = eot_benchmark(jax.random.key(0), 2, eps, dtype=dtype)
