@@ -100,38 +100,16 @@ def to_csr(op: js.linear.PoissonOperator) -> sp.csr_matrix:
     )
 
 
-class MaskedOperator(lx.AbstractLinearOperator):
+def masked_operator(base, mask):
     """Obstacle domain: the cells outside `mask` are removed (Dirichlet walls), their
     rows and columns replaced by the identity, so the operator stays SPD."""
 
-    base: js.linear.PoissonOperator
-    mask: jax.Array
+    def mv(u):
+        return mask * base.mv(mask * u) + (1 - mask) * u
 
-    def mv(self, u):
-        return self.mask * self.base.mv(self.mask * u) + (1 - self.mask) * u
-
-    def as_matrix(self):
-        raise NotImplementedError
-
-    def transpose(self):
-        return self
-
-    def in_structure(self):
-        return self.base.in_structure()
-
-    def out_structure(self):
-        return self.base.out_structure()
-
-
-@lx.is_symmetric.register(MaskedOperator)
-@lx.is_positive_semidefinite.register(MaskedOperator)
-def _true(op):
-    return True
-
-
-@lx.is_negative_semidefinite.register(MaskedOperator)
-def _false(op):
-    return False
+    return lx.FunctionLinearOperator(
+        mv, base.in_structure(), (lx.symmetric_tag, lx.positive_semidefinite_tag)
+    )
 
 
 class Problem:
@@ -167,7 +145,7 @@ class Problem:
         if mask is not None:
             m = sp.diags(mask.ravel())
             csr = (m @ csr @ m + sp.diags(1 - mask.ravel())).tocsr()
-            op = MaskedOperator(op, jnp.asarray(mask, dtype))
+            op = masked_operator(op, jnp.asarray(mask, dtype))
         self.mask = None if mask is None else jnp.asarray(mask, dtype)
         self.op = op
         self.csr = csr.astype(np.float64)

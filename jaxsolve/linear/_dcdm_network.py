@@ -5,6 +5,7 @@ any grid size, and its coarse levels share their weights, so the number of level
 with it the receptive field) grows with the grid, as a multigrid V-cycle's does.
 """
 
+import itertools
 import math
 
 import equinox as eqx
@@ -33,6 +34,38 @@ def _conv(
     )
 
 
+def _apply(conv: eqx.nn.Conv, h: Array) -> Array:
+    """Apply a bias-free, stride-1, "same"-padded convolution to a (C, *grid) array.
+
+    Written as shifted slices contracted with `einsum` rather than
+    `lax.conv_general_dilated`: XLA's CPU backend runs the latter about 10x slower
+    inside a while loop (the solver's loop) than outside it (measured: 19 ms against
+    1.5 ms for one 16-channel 3x3 convolution on 64^2), whereas dot products keep
+    their speed. The weights keep equinox's layout (out, in, *kernel).
+    """
+    w = conv.weight
+    k = w.shape[2]
+    grid = h.shape[1:]
+    if k == 1:
+        return jnp.einsum("oc,c...->o...", w.reshape(w.shape[:2]), h)
+    pad = k // 2
+    hp = jnp.pad(h, [(0, 0)] + [(pad, pad)] * len(grid))
+    offsets = list(itertools.product(range(k), repeat=len(grid)))
+
+    def window(off):
+        return hp[(slice(None),) + tuple(slice(o, o + n) for o, n in zip(off, grid))]
+
+    if len(grid) == 2:
+        # im2col: one contraction over (in channel, offset).
+        patches = jnp.stack([window(off) for off in offsets], axis=1)
+        return jnp.einsum("ock,ck...->o...", w.reshape(*w.shape[:2], -1), patches)
+    # 3-D: accumulate per offset (im2col would hold 27 copies of the features).
+    out = jnp.zeros((w.shape[0], *grid), h.dtype)
+    for off in offsets:
+        out = out + jnp.einsum("oc,c...->o...", w[(Ellipsis, *off)], window(off))
+    return out
+
+
 class _ResidualBlock(eqx.Module):
     """Pre-activation residual block, $h + C_2(\\mathrm{relu}(C_1(\\mathrm{relu}(h))))$."""
 
@@ -48,7 +81,7 @@ class _ResidualBlock(eqx.Module):
         self.conv2 = eqx.tree_at(lambda c: c.weight, conv2, conv2.weight * 0.1)
 
     def __call__(self, h: Array) -> Array:
-        return h + self.conv2(jax.nn.relu(self.conv1(jax.nn.relu(h))))
+        return h + _apply(self.conv2, jax.nn.relu(_apply(self.conv1, jax.nn.relu(h))))
 
 
 def _pool(h: Array) -> Array:
@@ -218,7 +251,7 @@ class DCDMNetwork(eqx.Module):
             h = block(h)
         if level < levels:
             coarse = self._vcycle(_pool(h), level + 1, levels)
-            h = h + self.prolong(_upsample(coarse, h.shape[1:]))
+            h = h + _apply(self.prolong, _upsample(coarse, h.shape[1:]))
         for block in post:
             h = block(h)
         return h
@@ -252,9 +285,9 @@ class DCDMNetwork(eqx.Module):
         channels = (
             [x] if mask is None or not self.mask_channel else [x, mask.astype(dtype)]
         )
-        h = net.stem(jnp.stack(channels))
+        h = _apply(net.stem, jnp.stack(channels))
         h = net._vcycle(h, 0, self.num_levels(r.shape))
-        q = net.head(h)[0]
+        q = _apply(net.head, h)[0]
         if mask is not None:
             q = q * mask.astype(dtype)
         return q
