@@ -22,7 +22,7 @@ RECIPES: dict[str, dict] = {
     "poisson2d": {
         "network": {"ndim": 2, "width": 16, "depth": 1},
         "grid": (32, 32),
-        "steps": 300,
+        "steps": 1000,
         "batch_size": 16,
         "seed": 0,
     },
