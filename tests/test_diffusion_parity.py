@@ -10,6 +10,8 @@ import jaxsolve.diffusion as jd
 
 
 @pytest.mark.slow
+# diffusers (0.42) passes torch tensors to np.interp: a NumPy 2 DeprecationWarning.
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_parity_with_diffusers():
     diffusers = pytest.importorskip("diffusers")
     torch = pytest.importorskip("torch")
