@@ -4,6 +4,7 @@ what momentum does about it, for `python -m jaxsolve demo`."""
 import jax
 import jax.numpy as jnp
 
+from .._core import RESULTS
 from ._mixture import GaussianMixture
 from ._sample import Guidance, sample
 from ._samplers import DPMSolverPP, GHVB, HeavyBall, PLMS
@@ -44,7 +45,7 @@ def demo_rows(quick: bool = True) -> list[dict[str, object]]:
             if ref is None
             else float(jnp.sqrt(jnp.mean(jnp.sum((sol.value - ref) ** 2, axis=1))))
         )
-        ok = bool(sol.result == sol.result.successful) and (not momentum or frac == 0)
+        ok = bool(sol.result == RESULTS.successful) and (not momentum or frac == 0)
         rows.append(
             {
                 "family": "diffusion",
