@@ -180,7 +180,11 @@ class _NewtonPrimal(eqx.Module):
         x, lower, y0 = inputs
         flat0, unravel = ravel_pytree(y0)
         y, result, stats = self.solver.run(lambda v: lower(x, unravel(v)), flat0)
-        return unravel(y), (result, stats)
+        # A failed solve must not reach the tangent solve with NaNs (lineax would
+        # raise there, throw=False or not): a finite stand-in, flagged by `result`
+        # (the hypergradient and the returned state are set to NaN afterwards).
+        ok = (result == RESULTS.successful) & jnp.all(jnp.isfinite(y))
+        return unravel(jnp.where(ok, y, 0)), (result, stats)
 
 
 class _FlatFns(eqx.Module):
@@ -358,6 +362,7 @@ def implicit_hypergradient(
     ok = result == RESULTS.successful
     # Never a silently wrong number: a failed lower solve gives NaN.
     grad = jax.tree_util.tree_map(lambda g: jnp.where(ok, g, jnp.nan), grad)
+    y = jax.tree_util.tree_map(lambda a: jnp.where(ok, a, jnp.nan), y)
     stats = dict(stats)
     stats["max_steps"] = jnp.asarray(lower_solver.max_steps, jnp.int32)
     sol = finalise(grad, result, stats, (x, y0), throw, state=y)
@@ -384,6 +389,12 @@ def _kkt_solution(lower, ineq, eq, x, y0, solver, adjoint_solver, active_tol):
     structure = solver.structure or slack_structure(rows)
     proj = _Projector(rows, solver.qp_steps, structure)
     y, result, stats = solver.run(lambda v: fns.f(xs, v), flat0, proj, None, None)
+    # A failed solve must not reach the KKT tangent solve with NaNs (lineax raises
+    # there, throw=False or not): finite stand-ins, the failure flagged by `result`.
+    ok = (result == RESULTS.successful) & jnp.all(jnp.isfinite(y))
+    y = jnp.where(ok, y, 0)
+    x = jax.tree_util.tree_map(lambda a: jnp.where(ok, a, 0), x)
+    xs = jax.lax.stop_gradient(x)
     m = 0 if Gy is None else Gy.shape[0]
     mask = jnp.zeros((0,), bool) if ineq is None else fns.g(xs, y) >= -active_tol
     # Multipliers by least squares on grad f + G_A^T mu + E^T nu = 0.
