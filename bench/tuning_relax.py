@@ -138,6 +138,12 @@ def synthetic_policies():
         "Tsallis-INF (RV)": jt.TsallisINF(OMEGAS, reduced_variance=True),
         "Tsallis-INF-CB": jt.TsallisINFCB(OMEGAS, bins=5, context_range=rng),
         "ChebCB": jt.ChebCB(OMEGAS, degree=5, context_range=rng),
+        "ChebCB (expl. 0.25)": jt.ChebCB(
+            OMEGAS, degree=5, context_range=rng, exploration=0.25
+        ),
+        "ChebCB (rate, expl. 0.25)": jt.ChebCB(
+            OMEGAS, degree=5, context_range=rng, regress="rate", exploration=0.25
+        ),
     }
 
 
@@ -221,6 +227,8 @@ def _medians(rows: list[dict]) -> dict:
         "Tsallis-INF (RV)",
         "Tsallis-INF-CB",
         "ChebCB",
+        "ChebCB (expl. 0.25)",
+        "ChebCB (rate, expl. 0.25)",
         "CG",
         "table seconds",
     ]
@@ -229,7 +237,16 @@ def _medians(rows: list[dict]) -> dict:
         out["fixed"] = {
             w: float(np.median([r["fixed"][w] for r in rows])) for w in rows[0]["fixed"]
         }
-    for name in ("Tsallis-INF", "Tsallis-INF (RV)", "Tsallis-INF-CB", "ChebCB"):
+    for name in (
+        "Tsallis-INF",
+        "Tsallis-INF (RV)",
+        "Tsallis-INF-CB",
+        "ChebCB",
+        "ChebCB (expl. 0.25)",
+        "ChebCB (rate, expl. 0.25)",
+    ):
+        if name not in rows[0]:
+            continue
         out[f"{name} / best fixed"] = float(
             np.median([r[name] / r["best fixed"] for r in rows])
         )
@@ -253,7 +270,7 @@ def print_synthetic(variance: str, res: dict) -> None:
         "seeds (iterations per instance)"
     )
     print(
-        f"{'policy':<20}{'ours':>10}{'expected':>10}"
+        f"{'policy':<27}{'ours':>10}{'expected':>10}"
         f"{'/ best fixed':>14}{'/ inst.-opt':>13}"
     )
     names = [
@@ -265,6 +282,8 @@ def print_synthetic(variance: str, res: dict) -> None:
         "Tsallis-INF (RV)",
         "Tsallis-INF-CB",
         "ChebCB",
+        "ChebCB (expl. 0.25)",
+        "ChebCB (rate, expl. 0.25)",
     ]
     for name in names:
         ours = med[name] / T
@@ -273,7 +292,7 @@ def print_synthetic(variance: str, res: dict) -> None:
             label = f"best fixed ({med['best fixed omega']:.2f})"
         e = exp.get(name)
         print(
-            f"{label:<20}{ours:>10.1f}{'-' if e is None else f'{e:.1f}':>10}"
+            f"{label:<27}{ours:>10.1f}{'-' if e is None else f'{e:.1f}':>10}"
             f"{med[name] / med['best fixed']:>14.3f}"
             f"{med[name] / med['instance-optimal']:>13.3f}"
         )
