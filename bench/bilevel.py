@@ -149,7 +149,12 @@ def llsc(quick: bool) -> dict | None:
     ):
         sol, t = timed(
             lambda s=solver: bl.solve(
-                problem, s, 10 * jnp.ones(100), 10 * jnp.ones(100), max_steps=steps
+                problem,
+                s,
+                10 * jnp.ones(100),
+                10 * jnp.ones(100),
+                max_steps=steps,
+                throw=False,
             ),
             1,
         )
@@ -162,6 +167,8 @@ def llsc(quick: bool) -> dict | None:
                 "F": float(F(x, y)),
                 "y_gap": float(jnp.linalg.norm(y - J @ x)),
                 "violation": float(sol.stats["constraint_violation"]),
+                "multiplier_norm": float(jnp.linalg.norm(sol.state["lam"])),
+                "finite": bool(jnp.all(jnp.isfinite(x))),
                 "time_s": t,
             }
         )
@@ -483,6 +490,7 @@ def main() -> None:
                     ("F", "F", ".4f"),
                     ("|y - y*(x)|", "y_gap", ".2e"),
                     ("violation", "violation", ".1e"),
+                    ("|lambda|", "multiplier_norm", ".1e"),
                     ("time s", "time_s", ".2f"),
                 ],
             )
