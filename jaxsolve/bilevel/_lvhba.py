@@ -52,9 +52,19 @@ class LVHBA(AbstractBilevelSolver):
     - `qp_steps` (static): dual iterations per projection when $C$ needs the QP.
 
     Defaults $(\alpha, \beta, \eta, \gamma_1, \gamma_2, c, p) = (0.008, 0.02, 0.01,
-    10, 1, 2.5, 0.3)$ converge on both toys of the paper (relative error ~6e-3 on
-    the LLC toy after 20k steps). The reference script's defaults ($\gamma_2 = 10$,
+    10, 1, 2.5, 0.3)$ converge on the LLC toy of the paper (relative error ~6e-3
+    after 20k steps). The reference script's defaults ($\gamma_2 = 10$,
     $c = 0.025$) do not converge on its own toy.
+
+    **Choosing $\eta$.** The $(\theta, \lambda)$ block is plain gradient
+    descent-ascent on a saddle function with strong convexity/concavity
+    $\mu \approx \min(1/\gamma_1, 1/\gamma_2)$ and bilinear coupling
+    $\lambda^\top G_y \theta$ ($G_y$ the constraints' $y$-Jacobian). It is stable
+    only for $\eta < 2\mu/(\mu^2 + \|G_y\|_2^2)$: with many constraint rows
+    ($\|G_y\|_2^2$ in the hundreds or thousands) $\eta$ must be small, otherwise
+    $\theta, \lambda$ grow geometrically, $\lambda$ sticks at $\pm r$ and the
+    iterates diverge (`RESULTS.nonfinite`, or huge finite values). On the SVM
+    benchmark $\eta = 10^{-3}$ is stable where $10^{-2}$ diverges.
 
     **State** (`sol.state`): `z`, `theta`, `lam` and the joint projection's duals.
 

@@ -9,7 +9,11 @@ Every set acts on a pytree (an array, a tuple, a dict, ...) and has
 `Polyhedron` (intersections of half-spaces, affine sets and boxes, e.g. the joint set
 $\{(x, y) : g(x, y) \le 0,\ h(x, y) = 0\}$ of a bilevel problem with affine
 constraints) projects with a warm-startable dual accelerated projected-gradient method
-on the multipliers, written in JAX (no external QP solver).
+on the multipliers, written in JAX (no external QP solver). Polyhedra whose rows
+each own a slack variable (soft-margin constraints
+$1 - \xi_i - \ell_i(w^\top z_i + b) \le 0$) are projected exactly instead, by
+semismooth Newton on the few non-slack variables (`slack_structure`,
+`_project_slack`); the bilevel driver detects this structure from concrete data.
 """
 
 import abc
