@@ -1,10 +1,18 @@
 """jaxsolve: differentiable numerical solvers for JAX.
 
-`import jaxsolve as js`, then `js.linear.solve(...)`, `js.tuning.solve_sequence(...)`,
-`js.Solution`, `js.RESULTS`.
+`import jaxsolve as js`, then `js.linear` (SOR, SSOR-PCG, DCDM), `js.tuning` (online omega
+policies), `js.bridge` (Light Schrödinger Bridge), `js.diffusion` (heavy-ball diffusion
+samplers), `js.bilevel` (Hessian-free bilevel optimisation); `js.Solution`, `js.RESULTS`,
+`js.save`, `js.load`.
 """
 
-from . import linear as linear, tuning as tuning
+from . import (
+    bilevel as bilevel,
+    bridge as bridge,
+    diffusion as diffusion,
+    linear as linear,
+    tuning as tuning,
+)
 from ._core import (
     AbstractAdjoint as AbstractAdjoint,
     AbstractProgressMeter as AbstractProgressMeter,
