@@ -20,7 +20,8 @@ class Newton(eqx.Module):
     r"""Damped Newton-CG for a smooth strongly convex lower level $\min_y f(x, y)$:
     the Newton direction from CG on Hessian-vector products (never a dense
     Hessian), Armijo backtracking, stop when $\|\nabla_y f\| \le \text{atol} +
-    \text{rtol}\,\|\nabla_y f(x, y_0)\|$.
+    \max(\text{rtol}, 100\varepsilon)\,\|\nabla_y f(x, y_0)\|$ ($\varepsilon$ the
+    dtype's machine epsilon: the defaults are float64-tight, float32 gets its floor).
 
     **Arguments:** `rtol`, `atol`, `max_steps` (Newton steps), `cg_max_steps`.
     """
@@ -42,7 +43,9 @@ class Newton(eqx.Module):
         """Minimise `fn(y)` (flat `y`) from `y0`: `(y, result, stats)`."""
         grad = jax.grad(fn)
         g0 = jnp.linalg.norm(grad(y0))
-        tol = self.atol + self.rtol * g0
+        # Never below the precision floor of the dtype (float32: ~1e-5 relative).
+        eps = jnp.finfo(y0.dtype).eps
+        tol = self.atol + jnp.maximum(self.rtol, 100 * eps) * g0
 
         def hvp(v, y):
             return jax.jvp(grad, (y,), (v,))[1]
@@ -135,7 +138,8 @@ class ProjectedGradient(eqx.Module):
             return y_new, duals, jnp.linalg.norm(y_new - y) / t
 
         _, _, r0 = mapping(y0, duals0)
-        tol = self.atol + self.rtol * r0
+        eps = jnp.finfo(y0.dtype).eps
+        tol = self.atol + jnp.maximum(self.rtol, 100 * eps) * r0
 
         def body(c):
             y, y_prev, s, duals, _ = c
