@@ -10,11 +10,10 @@ import argparse
 import importlib.metadata
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 
 def _versions() -> dict[str, str]:
@@ -46,22 +45,6 @@ def info() -> None:
     print(f"{'x64':>10}: {jax.config.jax_enable_x64}")
 
 
-def _time(fn: Callable[[], object], repeats: int = 3) -> tuple[float, float]:
-    """(first call, median of `repeats` later calls) in seconds; blocks on results."""
-    import jax
-
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    median = statistics.median(times)
-    return first, median
-
-
 def print_table(rows: Sequence[dict[str, object]], columns: Sequence[str]) -> None:
     def fmt(v):
         if isinstance(v, float):
@@ -76,88 +59,6 @@ def print_table(rows: Sequence[dict[str, object]], columns: Sequence[str]) -> No
     print("  ".join("-" * w for w in widths))
     for row in cells:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
-
-
-def linear_demo_rows(n: int = 64) -> list[dict[str, object]]:
-    """SOR vs SSOR-PCG vs CG vs a direct solve on the 2-D Poisson problem."""
-    import equinox as eqx
-    import jax
-    import jax.numpy as jnp
-    import lineax as lx
-
-    import jaxsolve as js
-
-    op = js.linear.poisson((n, n))
-    b = jax.random.normal(jax.random.key(0), (n, n))
-    rtol = 1e-6
-    bnorm = float(jnp.linalg.norm(b))
-    problem = f"2-D Poisson {n}x{n}, rtol {rtol:g}"
-    rows = []
-
-    def add(method, omega, solve_fn, iterative=True):
-        first, median = _time(solve_fn)
-        sol = solve_fn()
-        rel = float(jnp.linalg.norm(b - op.mv(sol.value.reshape(b.shape)))) / bnorm
-        rows.append(
-            {
-                "family": "linear",
-                "problem": problem,
-                "method": method,
-                "omega": None if omega is None else round(float(omega), 4),
-                "iterations": int(sol.stats["num_steps"]) if iterative else None,
-                "time [s]": median,
-                "compile [s]": max(first - median, 0.0),
-                "rel. residual": rel,
-                "result": "ok" if sol.result == js.RESULTS.successful else "FAILED",
-            }
-        )
-
-    # Best omega by a small sweep: one vmapped solve over the grid (no recompiles).
-    omegas = jnp.linspace(1.70, 1.98, 15)
-
-    @eqx.filter_jit
-    def sweep(cls, omegas):
-        return jax.vmap(
-            lambda w: js.linear.solve(
-                op, b, cls(omega=w, rtol=rtol), throw=False
-            ).stats["num_steps"]
-        )(omegas)
-
-    sor_steps = sweep(js.linear.SOR, omegas)
-    best_sor = omegas[int(jnp.argmin(sor_steps))]
-    young = js.linear.young_omega(op)
-    ssor_omegas = jnp.linspace(1.0, 1.95, 20)
-    best_ssor = ssor_omegas[int(jnp.argmin(sweep(js.linear.SSORPCG, ssor_omegas)))]
-
-    for label, w in (
-        ("SOR red-black, Young's omega", young),
-        ("SOR red-black, best swept omega", best_sor),
-        ("SOR red-black, omega = 1 (Gauss-Seidel)", 1.0),
-    ):
-        solver = js.linear.SOR(omega=w, rtol=rtol, max_steps=100_000)
-        add(label, w, lambda s=solver: js.linear.solve(op, b, s, throw=False))
-    solver = js.linear.SSORPCG(omega=best_ssor, rtol=rtol)
-    add(
-        "SSOR-PCG natural, best swept omega",
-        best_ssor,
-        lambda: js.linear.solve(op, b, solver, throw=False),
-    )
-    # Plain CG: lineax's CG with the same 2-norm stopping rule as ours.
-    cg = lx.CG(
-        rtol=0.0,
-        atol=rtol * bnorm,
-        norm=lambda r: jnp.linalg.norm(r),
-        max_steps=10 * n * n,
-    )
-    add("CG (lineax)", None, lambda: js.linear.solve(op, b, cg, throw=False))
-    dense_op = lx.MatrixLinearOperator(op.as_matrix(), lx.positive_semidefinite_tag)
-    add(
-        "direct (dense Cholesky, lineax)",
-        None,
-        lambda: js.linear.solve(dense_op, b.reshape(-1), lx.Cholesky()),
-        iterative=False,
-    )
-    return rows
 
 
 # The families whose `<family>/_demo.py` provides `demo_rows(quick) -> list[dict]`,
@@ -189,10 +90,7 @@ def demo(quick: bool = False) -> int:
     failed = 0
     for family in FAMILIES:
         t0 = time.perf_counter()
-        if family == "linear" and not _has_module("jaxsolve.linear._demo"):
-            rows = linear_demo_rows(32 if quick else 64)
-        else:
-            rows = _family_rows(family, quick)
+        rows = _family_rows(family, quick)
         if not rows:
             continue
         problems = sorted({str(r.get("problem", "")) for r in rows})
@@ -203,15 +101,6 @@ def demo(quick: bool = False) -> int:
         print_table(rows, columns)
         failed += sum(r.get("result", "ok") != "ok" for r in rows)
     return 1 if failed else 0
-
-
-def _has_module(name: str) -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:
-        return False
 
 
 # Optional packages each benchmark may need, and the extra that installs them.
@@ -246,9 +135,7 @@ def bench(name: str, quick: bool) -> int:
         )
         return 2
     if name not in names:
-        print(
-            f"No benchmark {name!r}. Available: {', '.join(names)}.", file=sys.stderr
-        )
+        print(f"No benchmark {name!r}. Available: {', '.join(names)}.", file=sys.stderr)
         return 2
     cmd = [sys.executable, os.path.join("bench", f"{name}.py")]
     cmd += ["--quick"] if quick else []

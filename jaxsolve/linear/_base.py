@@ -13,7 +13,7 @@ from jaxtyping import Array, Float
 from .._core import AbstractProgressMeter, iterate, RESULTS
 from .._core._adjoint import LoopKind
 from .._core._misc import concrete_value
-from ._operators import as_operator
+from ._operators import as_operator, norm_bound
 from ._splitting import check_ordering, make_splitting
 
 
@@ -28,7 +28,9 @@ class AbstractIterativeLinearSolver(lx.AbstractLinearSolver):
     residual $\\|b - A x\\|$ this step; default true).
 
     **Stagnation.** The driver keeps the best iterate by true residual. If that best
-    residual lies below the precision floor $\\sqrt{\\varepsilon}\\,\\|b\\|_2$ and has
+    residual lies below the precision floor
+    $\\max(\\sqrt{\\varepsilon}\\,\\|b\\|_2, 10\\varepsilon\\|A\\|\\,\\|x\\|_2)$ (the
+    second term where a bound on $\\|A\\|$ is cheap: stencils, dense matrices) and has
     not improved for `stagnation_window` steps, or the iteration breaks down or blows
     up after reaching that floor, the solve stops with `RESULTS.stagnation` and
     returns the best iterate: the tolerance is below what the dtype can reach.
@@ -67,9 +69,24 @@ class AbstractIterativeLinearSolver(lx.AbstractLinearSolver):
         x0 = jnp.where(bnorm == 0, jnp.zeros_like(x0), x0)
         # The level below which a residual that stops decreasing is a precision
         # floor, not slow convergence: sqrt(eps) relative (3e-4 in float32, 1e-8 in
-        # float64). Above it, a long plateau (e.g. SOR's transient growth for omega
-        # near 2) is never called stagnation.
-        floor = jnp.sqrt(jnp.finfo(b.dtype).eps) * bnorm
+        # float64), or the backward-error level 10 eps ||A|| ||x|| where a bound on
+        # ||A|| is cheap (it is the larger one for ill-conditioned problems with
+        # smooth right-hand sides). Above it, a long plateau (e.g. SOR's transient
+        # growth for omega near 2) is never called stagnation.
+        eps = jnp.finfo(b.dtype).eps
+        operator = state[0] if isinstance(state, tuple) and state else None
+        anorm = (
+            norm_bound(operator)
+            if isinstance(operator, lx.AbstractLinearOperator)
+            else None
+        )
+
+        def floor_at(x):
+            level = jnp.sqrt(eps) * bnorm
+            if anorm is None:
+                return level
+            return jnp.maximum(level, 10 * eps * anorm * jnp.linalg.norm(x))
+
         window = self.stagnation_window
         inner = self._start(state, b, x0, tol)
         carry = {
@@ -81,7 +98,7 @@ class AbstractIterativeLinearSolver(lx.AbstractLinearSolver):
         r0 = jnp.maximum(inner["rnorm"], jnp.finfo(b.dtype).tiny)
 
         def stagnated(c):
-            return (c["since"] >= window) & (c["best"] <= floor)
+            return (c["since"] >= window) & (c["best"] <= floor_at(c["x_best"]))
 
         def cond(c):
             i = c["inner"]
@@ -131,7 +148,7 @@ class AbstractIterativeLinearSolver(lx.AbstractLinearSolver):
         # A breakdown or blow-up *after* the residual reached the precision floor is
         # rounding (CG loses conjugacy at a tiny residual), not a non-SPD operator.
         failed_at_floor = (inner["breakdown"] | ~jnp.isfinite(rnorm)) & (
-            final["best"] <= floor
+            final["best"] <= floor_at(final["x_best"])
         )
         stag = ~converged & (stagnated(final) | failed_at_floor)
         result = RESULTS.where(stag, RESULTS.stagnation, result)

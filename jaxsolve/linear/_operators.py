@@ -99,6 +99,19 @@ class PoissonOperator(lx.AbstractLinearOperator):
         return self.in_structure()
 
 
+def norm_bound(operator: lx.AbstractLinearOperator) -> Array | None:
+    """An upper bound on $\|A\|_2$ when one is cheap: the largest absolute row sum
+    (exact for the symmetric stencil and dense cases, where
+    $\|A\|_2 \le \|A\|_\infty$), else `None`."""
+    if isinstance(operator, PoissonOperator):
+        diag = operator.diagonal_grid()
+        # Row sum of |A|: |diagonal| + the face coefficients (the off-diagonals).
+        return jnp.max(jnp.abs(diag) + jnp.abs(diag - operator.shift))
+    if isinstance(operator, lx.MatrixLinearOperator):
+        return jnp.max(jnp.sum(jnp.abs(operator.matrix), axis=1))
+    return None
+
+
 def offdiagonal_mv(faces: Sequence[tuple[Array, Array]], u: Array) -> Array:
     """$(A - D) u$ for a stencil with the given face coefficients (zero Dirichlet
     values outside the grid)."""
