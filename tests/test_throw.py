@@ -167,3 +167,16 @@ def test_tuning_sequence_reports_stagnation_in_float32():
     omegas = jnp.array([1.2, 1.5], jnp.float32)
     out = jt.solve_sequence(solver, (ops, bs), jt.TsallisINF(omegas), jax.random.key(0))
     assert bool(jnp.all(out.result == js.RESULTS.stagnation))
+
+
+def test_float32_smooth_rhs_floor_from_operator_norm():
+    # A smooth right-hand side on a fine grid: ||x|| ~ ||b|| / lambda_min is large,
+    # and the float32 floor (about eps ||A|| ||x||) lies above sqrt(eps) ||b||. The
+    # solve must stop as stagnation, not run to max_steps.
+    n = 128
+    g = jnp.linspace(0, 1, n, dtype=jnp.float32)
+    b = jnp.sin(jnp.pi * g)[:, None] * jnp.sin(2 * jnp.pi * g)[None, :] + 0.3
+    a = js.linear.poisson((n, n), dtype=jnp.float32)
+    sol = js.linear.solve(a, b, js.linear.SSORPCG(1.9, rtol=1e-5), throw=False)
+    assert sol.result == js.RESULTS.stagnation
+    assert int(sol.stats["num_steps"]) < 500

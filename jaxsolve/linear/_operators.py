@@ -100,7 +100,7 @@ class PoissonOperator(lx.AbstractLinearOperator):
 
 
 def norm_bound(operator: lx.AbstractLinearOperator) -> Array | None:
-    """An upper bound on $\|A\|_2$ when one is cheap: the largest absolute row sum
+    r"""An upper bound on $\|A\|_2$ when one is cheap: the largest absolute row sum
     (exact for the symmetric stencil and dense cases, where
     $\|A\|_2 \le \|A\|_\infty$), else `None`."""
     if isinstance(operator, PoissonOperator):
