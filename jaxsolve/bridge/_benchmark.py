@@ -22,9 +22,9 @@ def _sqrtm(m: Array) -> Array:
     return (vec * lam[..., None, :]) @ jnp.swapaxes(vec, -1, -2)
 
 
-def _gaussian_logpdf(x: Array, mean: Array, cov: Array) -> Array:
-    """log N(x | mean_k, cov_k) for x (N, D), mean (K, D), cov (K, D, D) -> (N, K)."""
-    chol = jnp.linalg.cholesky(cov)
+def _gaussian_logpdf(x: Array, mean: Array, chol: Array) -> Array:
+    """log N(x | mean_k, L_k L_k^T) for x (N, D), mean (K, D), Cholesky factors
+    chol (K, D, D) -> (N, K)."""
     diff = x[None] - mean[:, None]  # (K, N, D)
     u = jax.scipy.linalg.solve_triangular(chol, jnp.swapaxes(diff, -1, -2), lower=True)
     quad = jnp.sum(u**2, axis=-2)  # (K, N)
@@ -33,13 +33,19 @@ def _gaussian_logpdf(x: Array, mean: Array, cov: Array) -> Array:
     return (-0.5 * (quad + log_det[:, None] + d * math.log(2 * math.pi))).T
 
 
-def _sample_mixture(key: PRNGKeyArray, mix: Mixture, n: int) -> Array:
-    """n samples of an unconditional mixture with full covariances."""
+def _sample_mixture(key: PRNGKeyArray, mix: Mixture, chol: Array, n: int) -> Array:
+    """n samples of an unconditional mixture with Cholesky factors `chol`."""
     ck, nk = jax.random.split(key)
     comp = jax.random.categorical(ck, jnp.log(mix.weights), shape=(n,))
-    chol = jnp.linalg.cholesky(mix.covariances)
     noise = jax.random.normal(nk, (n, mix.means.shape[-1]), mix.means.dtype)
-    return mix.means[comp] + jnp.einsum("nij,nj->ni", chol[comp], noise)
+    return mix.means[comp] + _select_component(chol, noise, comp)
+
+
+def _select_component(chol: Array, noise: Array, comp: Array) -> Array:
+    """chol[comp[n]] @ noise[n] for every n, without gathering an (n, D, D) array:
+    apply every factor (n, K, D) and pick one per row."""
+    all_k = jnp.einsum("kij,nj->nki", chol, noise)
+    return jnp.take_along_axis(all_k, comp[:, None, None], 1)[:, 0]
 
 
 def _random_gmm(key, k, d, dtype, mean_range, var_range, diagonal) -> Mixture:
@@ -84,6 +90,38 @@ class EOTBenchmark(eqx.Module):
     source: Mixture
     potential: Mixture
     target_variance: Float[Array, ""]
+    # Derived matrices, factorised once at construction (eagerly): XLA:CPU can
+    # deadlock when several LAPACK factorisations of 64x64+ matrices run inside one
+    # compiled sampler, and factorising per call would be wasted work anyway.
+    source_chol: Float[Array, "K0 D D"]
+    cond_cov: Float[Array, "K D D"]
+    cond_chol: Float[Array, "K D D"]
+    cond_base: Float[Array, "K D"]
+    weight_chol: Float[Array, "K D D"]
+
+    def __init__(self, epsilon, source, potential, target_variance=None):
+        """Usually built by [`jaxsolve.bridge.eot_benchmark`][]: the entropy weight
+        and the two mixtures (`Mixture(weights, means, covariances)`, full
+        covariances)."""
+        self.epsilon = jnp.asarray(epsilon, source.means.dtype)
+        self.source = source
+        self.potential = potential
+        d = source.means.shape[-1]
+        eye = jnp.eye(d, dtype=source.means.dtype)
+        self.source_chol = jnp.linalg.cholesky(source.covariances)
+        prec = jnp.linalg.inv(potential.covariances)
+        c = jnp.linalg.inv(prec + eye[None] / self.epsilon)
+        self.cond_cov = 0.5 * (c + jnp.swapaxes(c, -1, -2))
+        self.cond_chol = jnp.linalg.cholesky(self.cond_cov)
+        self.cond_base = jnp.einsum("kij,kj->ki", prec, potential.means)
+        self.weight_chol = jnp.linalg.cholesky(
+            potential.covariances + self.epsilon * eye[None]
+        )
+        self.target_variance = (
+            jnp.asarray(1.0, self.epsilon.dtype)
+            if target_variance is None
+            else jnp.asarray(target_variance, self.epsilon.dtype)
+        )
 
     @property
     def dim(self) -> int:
@@ -95,17 +133,21 @@ class EOTBenchmark(eqx.Module):
 
     def sample_source(self, key: PRNGKeyArray, n: int) -> Float[Array, "n D"]:
         """`n` samples of $p_0$."""
-        return _sample_mixture(key, self.source, n)
+        return _sample_mixture(key, self.source, self.source_chol, n)
 
     def _cond_params(self):
-        cov = self.potential.covariances
-        d = self.dim
-        eye = jnp.eye(d, dtype=self.dtype)
-        prec = jnp.linalg.inv(cov)
-        c = jnp.linalg.inv(prec + eye[None] / self.epsilon)  # (K, D, D)
-        c = 0.5 * (c + jnp.swapaxes(c, -1, -2))
-        base = jnp.einsum("kij,kj->ki", prec, self.potential.means)
-        return c, base
+        return self.cond_cov, self.cond_base
+
+    def _weights_means(self, flat: Array) -> tuple[Array, Array]:
+        """Component weights (N, K) and means (N, K, D) of pi*(.|x) for x (N, D)
+        (the covariances do not depend on x: never broadcast them per point)."""
+        c, base = self._cond_params()
+        logw = jnp.log(self.potential.weights)[None] + _gaussian_logpdf(
+            flat, self.potential.means, self.weight_chol
+        )
+        w = jax.nn.softmax(logw, axis=-1)
+        means = jnp.einsum("kij,nkj->nki", c, base[None] + flat[:, None] / self.epsilon)
+        return w, means
 
     def conditional(self, x: Float[ArrayLike, "*batch D"]) -> Mixture:
         r"""The exact conditional plan $\pi^\star(\cdot\mid x)$ (full covariances)."""
@@ -114,15 +156,8 @@ class EOTBenchmark(eqx.Module):
             raise ValueError(f"`x` must have shape (..., {self.dim}), got {x.shape}.")
         batch = x.shape[:-1]
         flat = x.reshape(-1, self.dim)
-        c, base = self._cond_params()
-        eye = jnp.eye(self.dim, dtype=self.dtype)
-        logw = jnp.log(self.potential.weights)[None] + _gaussian_logpdf(
-            flat,
-            self.potential.means,
-            self.potential.covariances + self.epsilon * eye[None],
-        )
-        w = jax.nn.softmax(logw, axis=-1)
-        means = jnp.einsum("kij,nkj->nki", c, base[None] + flat[:, None] / self.epsilon)
+        c, _ = self._cond_params()
+        w, means = self._weights_means(flat)
         k = c.shape[0]
         covs = jnp.broadcast_to(c[None], (flat.shape[0],) + c.shape)
         return Mixture(
@@ -136,16 +171,15 @@ class EOTBenchmark(eqx.Module):
     ) -> Float[Array, "*batch D"]:
         r"""One draw $y \sim \pi^\star(\cdot\mid x)$ per point."""
         x = jnp.asarray(x, self.dtype)
-        mix = self.conditional(x)
-        flat_w = mix.weights.reshape(-1, mix.weights.shape[-1])
+        if x.ndim == 0 or x.shape[-1] != self.dim:
+            raise ValueError(f"`x` must have shape (..., {self.dim}), got {x.shape}.")
+        flat_w, means = self._weights_means(x.reshape(-1, self.dim))
         ck, nk = jax.random.split(key)
         comp = jax.random.categorical(ck, jnp.log(flat_w), axis=-1)
-        c, _ = self._cond_params()
-        chol = jnp.linalg.cholesky(c)
-        means = mix.means.reshape(-1, *mix.means.shape[-2:])
+        chol = self.cond_chol
         noise = jax.random.normal(nk, (flat_w.shape[0], self.dim), self.dtype)
-        y = jnp.take_along_axis(means, comp[:, None, None], 1)[:, 0] + jnp.einsum(
-            "nij,nj->ni", chol[comp], noise
+        y = jnp.take_along_axis(means, comp[:, None, None], 1)[:, 0] + (
+            _select_component(chol, noise, comp)
         )
         return y.reshape(x.shape)
 
@@ -169,15 +203,10 @@ class EOTBenchmark(eqx.Module):
         $\alpha^\star_k = p_k\,\mathcal N(0\mid\mu_k, \Sigma_k + \varepsilon I)
         (2\pi\varepsilon)^{D/2}$."""
         c, base = self._cond_params()
-        eye = jnp.eye(self.dim, dtype=self.dtype)
         zero = jnp.zeros((1, self.dim), self.dtype)
         log_alpha = (
             jnp.log(self.potential.weights)
-            + _gaussian_logpdf(
-                zero,
-                self.potential.means,
-                self.potential.covariances + self.epsilon * eye[None],
-            )[0]
+            + _gaussian_logpdf(zero, self.potential.means, self.weight_chol)[0]
             + 0.5 * self.dim * jnp.log(2 * jnp.pi * self.epsilon)
         )
         r = jnp.einsum("kij,kj->ki", c, base)

@@ -460,8 +460,10 @@ class LightSB(eqx.Module):
         if self.offdiag is None:
             std = jnp.exp(0.5 * self.log_s[comp])
             return mean + sqrt_eps * std * noise
-        chol = self.cholesky()[comp]
-        return mean + sqrt_eps * jnp.einsum("nij,nj->ni", chol, noise)
+        # L_k xi for every k, then one per row: no (N, D, D) gather.
+        all_k = jnp.einsum("kij,nj->nki", self.cholesky(), noise)
+        picked = jnp.take_along_axis(all_k, comp[:, None, None], 1)[:, 0]
+        return mean + sqrt_eps * picked
 
     def sample(
         self,
