@@ -28,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -748,7 +749,7 @@ def varcoef(nx: int, steps: int, sample: int, rtol: float = 1e-8) -> dict:
         def step(u, xs):
             op, d = xs
             b = rhs(u, d)
-            solver = eqx_tree_at_atol(cg, rtol * jnp.linalg.norm(b))
+            solver = eqx.tree_at(lambda s: s.atol, cg, rtol * jnp.linalg.norm(b))
             sol = js.linear.solve(op, b, solver, x0=u, throw=False)
             return sol.value, sol.stats["num_steps"]
 
@@ -793,12 +794,6 @@ def varcoef(nx: int, steps: int, sample: int, rtol: float = 1e-8) -> dict:
         }
         print(f"  [varcoef nx={nx}] pyamg {label}: {time.perf_counter() - t0:.2f} s")
     return out
-
-
-def eqx_tree_at_atol(cg, atol):
-    import equinox as eqx
-
-    return eqx.tree_at(lambda s: s.atol, cg, atol)
 
 
 def print_varcoef(res: dict) -> None:

@@ -587,8 +587,6 @@ def test_demo_rows():
 def test_chebcb_cached_refit_equals_refitting_every_arm():
     # An update refits only the played arm unless the scale grew; the cached
     # coefficients must equal a from-scratch fit of every arm.
-    from jaxsolve.tuning._chebcb import _box_lstsq, _min_norm_lstsq
-
     table, c = _contextual_table(400, 3)
     policy = jt.ChebCB(GRID, degree=3, context_range=RANGE)
     out = jt.replay(policy, table, jax.random.key(0), c)
