@@ -23,6 +23,7 @@ from ._core import (
     RESULTS as RESULTS,
     save as save,
     Solution as Solution,
+    sweep as sweep,
     TextProgressMeter as TextProgressMeter,
     TqdmProgressMeter as TqdmProgressMeter,
     UnrolledAdjoint as UnrolledAdjoint,

@@ -18,3 +18,4 @@ from ._solution import (
     RESULTS as RESULTS,
     Solution as Solution,
 )
+from ._sweep import sweep as sweep
