@@ -183,3 +183,23 @@ def write_json(path: str, payload: dict[str, Any]) -> None:
     with open(path, "w") as f:
         json.dump(payload, f, indent=1, default=_to_builtin)
         f.write("\n")
+
+
+def command_line() -> str:
+    """The command that is running, as a user would retype it from the repository
+    root (`python bench/<script>.py --flags`), for the JSON's `command` field."""
+    script = os.path.relpath(os.path.abspath(sys.argv[0]))
+    if script.startswith(".."):
+        script = os.path.join("bench", os.path.basename(script))
+    return " ".join(["python", script, *sys.argv[1:]])
+
+
+def merge_json(path: str, updates: dict[str, Any]) -> None:
+    """Add (or replace) the top-level keys in `updates` in the JSON at `path`,
+    leaving every other key as it is: how a cheap extra run (e.g. data recorded for
+    the report's plots) joins a committed full-run file without touching its
+    measured numbers. Raises FileNotFoundError if `path` does not exist yet."""
+    with open(path) as f:
+        payload = json.load(f)
+    payload.update(updates)
+    write_json(path, payload)

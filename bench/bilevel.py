@@ -34,7 +34,14 @@ import numpy as np
 jax.config.update("jax_enable_x64", True)
 
 import equinox as eqx  # noqa: E402
-from _common import format_table, machine_info, versions, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    command_line,
+    format_table,
+    machine_info,
+    merge_json,
+    versions,
+    write_json,
+)
 
 import jaxsolve.bilevel as bl  # noqa: E402
 from jaxsolve._core import RESULTS  # noqa: E402
@@ -58,8 +65,8 @@ def timed(fn, repeats=3):
 # ------------------------------------------------------------------- LLC --
 
 
-def llc(quick: bool) -> list[dict]:
-    n = 100
+def llc_problem(n: int = 100):
+    """The LLC toy: (problem, x0, y0, (x*, y1*, y2*))."""
     problem = bl.BilevelProblem(
         lambda x, y: 0.5 * jnp.sum((x - y[1]) ** 2) + 0.5 * jnp.sum((y[0] - 1) ** 2),
         lambda x, y: 0.5 * jnp.sum(y[0] ** 2) - x @ y[0] + jnp.sum(y[1]),
@@ -68,7 +75,12 @@ def llc(quick: bool) -> list[dict]:
         ),
     )
     x0, y0 = -20 * jnp.ones(n), (10 * jnp.ones(n), 10 * jnp.ones(n))
-    xs, y1s, y2s = -0.3 * jnp.ones(n), 0.7 * jnp.ones(n), -0.4 * jnp.ones(n)
+    star = (-0.3 * jnp.ones(n), 0.7 * jnp.ones(n), -0.4 * jnp.ones(n))
+    return problem, x0, y0, star
+
+
+def llc(quick: bool) -> list[dict]:
+    problem, x0, y0, (xs, y1s, y2s) = llc_problem()
     long = 2000 if quick else 20_000
     configs = [
         ("LV-HBA, reference defaults", bl.LVHBA(gamma2=10.0, c=0.025), 1500, "1.19e2"),
@@ -97,6 +109,41 @@ def llc(quick: bool) -> list[dict]:
             }
         )
     return rows
+
+
+# Steps at which the convergence curves are sampled (one compiled solve each:
+# `max_steps` is static).
+CONVERGENCE_STEPS = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 20_000)
+
+
+def llc_convergence(steps=CONVERGENCE_STEPS) -> dict:
+    """For the report's convergence plot: the LLC toy's relative errors after k
+    steps, k in `steps`, for the methods of the LLC table (each point a fresh solve
+    from the same start, so it is exactly the k-th iterate)."""
+    problem, x0, y0, (xs, y1s, y2s) = llc_problem()
+    configs = {
+        "LV-HBA, reference defaults": bl.LVHBA(gamma2=10.0, c=0.025),
+        "LV-HBA, tuned (gamma2=1, c=2.5)": bl.LVHBA(),
+        "Penalty (sigma=0.01)": bl.Penalty(sigma=0.01, alpha=0.005),
+        "V-PBGD (gamma=50)": bl.VPBGD(gamma=50.0),
+    }
+    out = {"steps": list(steps), "methods": {}}
+    for name, solver in configs.items():
+        curve = {"rel_err_x": [], "rel_err_y": []}
+        for k in steps:
+            sol = bl.solve(problem, solver, x0, y0, max_steps=k, throw=False)
+            x, (y1, y2) = sol.value
+            ys = jnp.concatenate([y1s, y2s])
+            y = jnp.concatenate([y1, y2])
+            curve["rel_err_x"].append(
+                float(jnp.linalg.norm(x - xs) / jnp.linalg.norm(xs))
+            )
+            curve["rel_err_y"].append(
+                float(jnp.linalg.norm(y - ys) / jnp.linalg.norm(ys))
+            )
+        out["methods"][name] = curve
+        print(f"convergence {name}: rel. err. x {curve['rel_err_x'][-1]:.2e}")
+    return out
 
 
 # ------------------------------------------------------------------ LLSC --
@@ -452,13 +499,31 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short runs (CI)")
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--convergence-only",
+        action="store_true",
+        help="only record the LLC convergence curves (for the report's plot) and add "
+        "them to the existing JSON at --out (default bench/results/bilevel.json)",
+    )
     args = parser.parse_args()
     quick = args.quick
     out = args.out or (
         Path(tempfile.gettempdir()) / "bilevel_quick.json" if quick else RESULTS_PATH
     )
+    if args.convergence_only:
+        merge_json(
+            str(out),
+            {
+                "llc_convergence": llc_convergence(),
+                "llc_convergence_command": command_line(),
+                "llc_convergence_machine": machine_info(),
+            },
+        )
+        print(f"\nadded the LLC convergence curves to {out}")
+        return
     seeds = args.seeds or (1 if quick else 10)
     results = {
+        "command": command_line(),
         "quick": quick,
         "machine": machine_info(),
         "versions": versions(["jax", "equinox", "lineax"]),
@@ -564,6 +629,9 @@ def main() -> None:
                 ],
             )
         )
+    if not quick:
+        # For the report's plot (about a minute: one compilation per point).
+        results["llc_convergence"] = llc_convergence()
     results["total_s"] = time.perf_counter() - t_start
     print(f"\ntotal {results['total_s']:.1f} s")
     write_json(str(out), results)

@@ -35,7 +35,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _common import machine_info, versions
+from _common import command_line, machine_info, versions
 
 import jaxsolve.bridge as jb
 
@@ -314,6 +314,7 @@ def main():
     steps = args.steps or (3000 if quick else 10_000)
     repeats = args.repeats or (3 if quick else 7)
     results = {
+        "command": command_line(),
         "quick": quick,
         "machine": machine_info(),
         "versions": versions(["jax", "jaxlib", "equinox", "optax", "torch"]),

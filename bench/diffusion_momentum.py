@@ -38,7 +38,13 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
-from _common import format_table, machine_info, versions, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    command_line,
+    format_table,
+    machine_info,
+    versions,
+    write_json,
+)
 
 import jaxsolve.diffusion as jd  # noqa: E402
 
@@ -390,6 +396,7 @@ def main():
         dig_cfg = (256, NFES, DIGIT_SCALES, GRIDS, names, 1e-7)
         par_nfes = (10, 25)
     results = {
+        "command": command_line(),
         "quick": quick,
         "samples": n,
         "machine": machine_info(),

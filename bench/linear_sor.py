@@ -23,6 +23,7 @@ from typing import ClassVar
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
+    command_line,
     configure_threads,
     format_table,
     machine_info,
@@ -630,6 +631,7 @@ def main(argv=None) -> int:
     info["loadavg_end"] = list(os.getloadavg())
     payload = {
         "benchmark": "linear_sor",
+        "command": command_line(),
         "description": __doc__.strip().splitlines()[0],
         "config": {
             "quick": args.quick,

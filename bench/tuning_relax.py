@@ -36,6 +36,8 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)
 
+from _common import command_line, machine_info  # noqa: E402
+
 import jaxsolve as js  # noqa: E402
 import jaxsolve.tuning as jt  # noqa: E402
 
@@ -887,6 +889,8 @@ def main():
         "quick": quick,
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
         "jax": jax.__version__,
+        "command": command_line(),
+        "machine_info": machine_info(),
         "synthetic": {},
         "heat": {},
     }

@@ -4,6 +4,12 @@
 - `info`: versions and devices.
 - `bench NAME [--quick]`: runs `bench/NAME.py` from a source checkout
   (`python -m jaxsolve bench --help` lists the names).
+- `bench [--quick]`: runs every `bench/*.py` in turn (each in its own process; a
+  failure is reported and the others still run), then writes the report
+  `bench/results/REPORT.md` with its PNG plots (with `--quick`: a separate report
+  next to the quick JSONs in the temporary directory, never over the committed one).
+- `bench --report-only [--quick] [--out DIR]`: rebuilds the report from the JSONs
+  already there, running nothing.
 """
 
 import argparse
@@ -12,8 +18,10 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _versions() -> dict[str, str]:
@@ -125,39 +133,171 @@ def _bench_names() -> list[str]:
     )
 
 
+def _no_checkout() -> int:
+    print(
+        "No bench/ folder here: run `python -m jaxsolve bench` from a source "
+        "checkout of jaxsolve (the benchmarks are not installed with the package).",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def _pump(stream, sink, tail) -> None:
+    for line in stream:
+        sink.write(line)
+        sink.flush()
+        tail.append(line.rstrip("\n"))
+
+
+def _why(code: int, out: Sequence[str], err: Sequence[str]) -> str:
+    """One line saying why a benchmark process failed."""
+    if code < 0:
+        return f"killed by signal {-code}"
+    # The exception a traceback ends with, else the script's own FAILED line.
+    for line in reversed(err):
+        head = line.split(":", 1)[0]
+        if (
+            ":" in line
+            and not line[:1].isspace()
+            and head.endswith(("Error", "Exception"))
+        ):
+            return line.strip()
+    for line in reversed(out):
+        if "FAILED" in line:
+            return line.strip()
+    for line in reversed(err):
+        if line.strip():
+            return line.strip()
+    return f"exit status {code}"
+
+
+def _run_script(name: str, quick: bool) -> tuple[int, str | None]:
+    """Run `bench/NAME.py` in its own process; `(exit code, why it failed)`."""
+    import collections
+    import threading
+
+    cmd = [sys.executable, os.path.join("bench", f"{name}.py")]
+    cmd += ["--quick"] if quick else []
+    # Both streams are forwarded line by line (progress meters stay live) and their
+    # last lines kept, to say in one line why a script failed; a missing optional
+    # package becomes a hint naming the extra instead of a traceback's last line.
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    out: collections.deque[str] = collections.deque(maxlen=200)
+    err: collections.deque[str] = collections.deque(maxlen=200)
+    pump = threading.Thread(target=_pump, args=(proc.stdout, sys.stdout, out))
+    pump.start()
+    _pump(proc.stderr, sys.stderr, err)
+    pump.join()
+    code = proc.wait()
+    if code == 0:
+        return 0, None
+    missing = None
+    for line in err:
+        if "ModuleNotFoundError: No module named" in line:
+            missing = line.split("No module named")[-1].strip().strip("'\"")
+    if missing is not None:
+        top = missing.split(".")[0]
+        extra = _EXTRAS.get(top, "bench")
+        return code, (
+            f"benchmark {name!r} needs the optional package {top!r}: install the "
+            f"{extra!r} extra, e.g. `pip install -e '.[{extra}]'`."
+        )
+    return code, _why(code, out, err)
+
+
 def bench(name: str, quick: bool) -> int:
     names = _bench_names()
     if not names:
-        print(
-            "No bench/ folder here: run `python -m jaxsolve bench` from a source "
-            "checkout of jaxsolve (the benchmarks are not installed with the package).",
-            file=sys.stderr,
-        )
-        return 2
+        return _no_checkout()
     if name not in names:
         print(f"No benchmark {name!r}. Available: {', '.join(names)}.", file=sys.stderr)
         return 2
-    cmd = [sys.executable, os.path.join("bench", f"{name}.py")]
-    cmd += ["--quick"] if quick else []
-    # stderr is forwarded line by line (progress meters stay live) and scanned for
-    # a missing optional package, which becomes a one-line hint instead of a
-    # traceback's last line.
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    missing = None
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        sys.stderr.write(line)
-        if "ModuleNotFoundError: No module named" in line:
-            missing = line.split("No module named")[-1].strip().strip("'\"")
-    code = proc.wait()
-    if code != 0 and missing is not None:
-        top = missing.split(".")[0]
-        extra = _EXTRAS.get(top, "bench")
-        print(
-            f"\nbenchmark {name!r} needs the optional package {top!r}: install the "
-            f"{extra!r} extra, e.g. `pip install -e '.[{extra}]'`.",
-            file=sys.stderr,
-        )
+    code, why = _run_script(name, quick)
+    if code != 0 and why is not None and "optional package" in why:
+        print(f"\n{why}", file=sys.stderr)
+    return code
+
+
+def _report_module():
+    """`bench/_report.py` of the checkout in the current folder, else the one of the
+    checkout jaxsolve itself is installed from (editable install)."""
+    import importlib.util
+
+    here = Path("bench", "_report.py")
+    if not here.is_file():
+        here = Path(__file__).resolve().parents[1] / "bench" / "_report.py"
+    if not here.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location("_jaxsolve_bench_report", here)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def default_report_dir(quick: bool) -> Path:
+    """Where the report goes: `bench/results/` for full runs; for `--quick`, a folder
+    next to the quick JSONs (the temporary directory), so a CI run never overwrites
+    the committed full-run report."""
+    if quick:
+        return Path(tempfile.gettempdir()) / "jaxsolve_bench_quick"
+    return Path("bench", "results")
+
+
+def _write_report(
+    quick: bool, out: Path | None, runs: dict[str, dict[str, object]] | None
+) -> int:
+    report = _report_module()
+    if report is None:
+        print("bench/_report.py not found: no report written.", file=sys.stderr)
+        return 1
+    out_dir = out if out is not None else default_report_dir(quick)
+    path = report.build_report(
+        names=_bench_names(),
+        quick=quick,
+        out_dir=out_dir,
+        results_dir=Path("bench", "results"),
+        runs=runs,
+    )
+    print(f"\nreport: {path}")
+    return 0
+
+
+def bench_all(quick: bool, out: Path | None, report_only: bool) -> int:
+    """Run every benchmark (unless `report_only`), then write the report."""
+    names = _bench_names()
+    if not names:
+        return _no_checkout()
+    runs: dict[str, dict[str, object]] | None = None
+    if not report_only:
+        runs = {}
+        for name in names:
+            print(
+                f"\n===== bench/{name}.py{' --quick' if quick else ''} =====",
+                flush=True,
+            )
+            t0 = time.perf_counter()
+            start = time.time()
+            code, why = _run_script(name, quick)
+            seconds = time.perf_counter() - t0
+            runs[name] = {"code": code, "seconds": seconds, "why": why, "start": start}
+            status = "ok" if code == 0 else f"FAILED (exit {code}): {why}"
+            print(f"===== {name}: {status}, {seconds:.0f} s =====", flush=True)
+        print("\nsummary:")
+        for name, r in runs.items():
+            status = (
+                "ok" if r["code"] == 0 else f"FAILED (exit {r['code']}): {r['why']}"
+            )
+            print(f"  {name:<22} {r['seconds']:7.1f} s  {status}")
+        print(f"  {'total':<22} {sum(r['seconds'] for r in runs.values()):7.1f} s")
+    code = _write_report(quick, out, runs)
+    failed = [n for n, r in (runs or {}).items() if r["code"] != 0]
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return code
 
 
@@ -174,16 +314,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = _bench_names()
     p_bench = sub.add_parser(
         "bench",
-        help="run bench/NAME.py from a source checkout",
+        help="run bench/NAME.py, or every benchmark and the report",
         description="Run one benchmark script; it prints a table side by side with "
-        "its anchors and writes bench/results/NAME.json. Available here: "
+        "its anchors and writes bench/results/NAME.json. Without NAME, run every "
+        "script in turn (a failure is reported, the others still run) and write "
+        "bench/results/REPORT.md (with --quick: a report next to the quick JSONs in "
+        "the temporary directory). Available here: "
         + (", ".join(names) if names else "none (run from a source checkout)")
         + ". Anchors need extras: 'bench' (SciPy, pyamg, POT, scikit-learn), "
-        "'anchors' (PyTorch, diffusers).",
+        "'anchors' (PyTorch, diffusers); plots need 'plot' (matplotlib).",
     )
-    p_bench.add_argument("name", help="one of: " + (", ".join(names) or "none here"))
+    p_bench.add_argument(
+        "name",
+        nargs="?",
+        default=None,
+        help="one of: "
+        + (", ".join(names) or "none here")
+        + " (default: all of them, then the report)",
+    )
     p_bench.add_argument(
         "--quick", action="store_true", help="small sizes (what CI runs)"
+    )
+    p_bench.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: rebuild the report from the JSONs already there",
+    )
+    p_bench.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for REPORT.md and its PNGs (default: bench/results, or "
+        f"{default_report_dir(True)} with --quick)",
     )
     args = parser.parse_args(argv)
     if args.command == "info":
@@ -191,6 +353,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "demo":
         return demo(quick=args.quick)
+    if args.name is None:
+        return bench_all(args.quick, args.out, args.report_only)
+    if args.report_only or args.out is not None:
+        parser.error(
+            "--report-only and --out go without NAME (they concern the report)"
+        )
     return bench(args.name, args.quick)
 
 
