@@ -156,8 +156,7 @@ def _as_array(x: Any) -> Any:
 
 def _leaf_names(paths: Sequence[Any]) -> list[str]:
     return [
-        "batched_args" + jax.tree_util.keystr(p) if p else "batched_args"
-        for p in paths
+        "batched_args" + jax.tree_util.keystr(p) if p else "batched_args" for p in paths
     ]
 
 
@@ -236,10 +235,10 @@ def sweep(
     **Returns:** `jax.vmap(fn)(*batched_args)`: the pytree `fn` returns, each leaf
     with a leading axis of length $N$.
 
-    **Raises:** `TypeError` when `fn` is not callable or no batched argument is given;
-    `ValueError` when no leaf is an array, a leaf is a scalar (no batch axis), the
-    leading sizes differ, `mesh` is not a `Mesh` or lacks `axis_name`, or a
-    non-addressable global array is not sharded as required.
+    **Raises:** `TypeError` when `fn` is not callable, no batched argument is given,
+    `mesh` is not a `Mesh` or `axis_name` not a str; `ValueError` when no leaf is an
+    array, a leaf is a scalar (no batch axis), the leading sizes differ, the mesh
+    lacks `axis_name`, or a non-addressable global array is not sharded as required.
 
     !!! example
 
@@ -264,11 +263,11 @@ def sweep(
             "a leading batch axis, e.g. js.sweep(fn, jnp.linspace(1.0, 1.9, 8))."
         )
     if not isinstance(axis_name, str):
-        raise ValueError(f"js.sweep: `axis_name` must be a str, got {axis_name!r}.")
+        raise TypeError(f"js.sweep: `axis_name` must be a str, got {axis_name!r}.")
     if mesh is None:
         mesh = _default_mesh(axis_name, tuple(jax.devices()))
     elif not isinstance(mesh, Mesh):
-        raise ValueError(
+        raise TypeError(
             f"js.sweep: `mesh` must be a jax.sharding.Mesh, got {type(mesh).__name__}; "
             "e.g. jax.sharding.Mesh(np.array(jax.devices()), ('batch',))."
         )
@@ -314,7 +313,9 @@ def sweep(
     n_pad = n_dev * math.ceil(n / n_dev)
 
     fn_dynamic, fn_static = eqx.partition(fn, eqx.is_array)
-    traced = any(_is_tracer(x) for x in jax.tree_util.tree_leaves((fn_dynamic, batched)))
+    traced = any(
+        _is_tracer(x) for x in jax.tree_util.tree_leaves((fn_dynamic, batched))
+    )
     gather = bool(mesh.is_multi_process) and not traced
     jitted = _batched_jit(
         fn_static, arg_treedef, static_leaves, is_batched, mesh, axis_name, gather
@@ -337,7 +338,9 @@ def sweep(
         placed = []
         for name, x in zip([m for m, b in zip(names, is_batched) if b], batched):
             if isinstance(x, jax.Array) and not x.is_fully_addressable:
-                if n_pad != n or not x.sharding.is_equivalent_to(batch_sharding, x.ndim):
+                if n_pad != n or not x.sharding.is_equivalent_to(
+                    batch_sharding, x.ndim
+                ):
                     raise ValueError(
                         f"js.sweep: {name} is a global array that is not sharded as "
                         f"NamedSharding(mesh, P({axis_name!r})) over a batch divisible "
@@ -348,9 +351,11 @@ def sweep(
             else:
                 placed.append(_global_from_host(x, n, n_pad, batch_sharding))
         fn_placed = jax.tree_util.tree_map(
-            lambda a: a
-            if not a.is_fully_addressable
-            else _global_from_host(a, None, None, replicated),
+            lambda a: (
+                a
+                if not a.is_fully_addressable
+                else _global_from_host(a, None, None, replicated)
+            ),
             fn_dynamic,
         )
         out = jitted(fn_placed, placed)
