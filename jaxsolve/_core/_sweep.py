@@ -100,10 +100,22 @@ def _batched_jit(
 
         return jax.vmap(one)(*batched)
 
+    # shard_map, not a plain jit of the vmap: under GSPMD the batched while loops of
+    # the solvers would all-reduce their "any lane still running" predicate across
+    # devices at every iteration (lock-step devices, a collective per step). Here each
+    # device loops over its own lanes only; the program has no collectives (a final
+    # all-gather when `gather`).
+    local = jax.shard_map(
+        run,
+        mesh=mesh,
+        in_specs=(PartitionSpec(), PartitionSpec(axis_name)),
+        out_specs=PartitionSpec(axis_name),
+        check_vma=False,
+    )
     batch_sharding = NamedSharding(mesh, PartitionSpec(axis_name))
     replicated = NamedSharding(mesh, PartitionSpec())
     jitted = jax.jit(
-        run,
+        local,
         in_shardings=(replicated, batch_sharding),
         out_shardings=replicated if gather else batch_sharding,
     )
