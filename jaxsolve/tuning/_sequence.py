@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, PyTree
 
-from .._core import RESULTS
+from .._core import AbstractProgressMeter, NoProgressMeter, RESULTS
 from ..linear import solve
 from ._base import AbstractPolicy
 
@@ -106,6 +106,7 @@ def solve_sequence(
     warm_start: bool = False,
     rhs_fn: Callable[[Array, Any], Array] | None = None,
     policy_state: PyTree | None = None,
+    progress_meter: AbstractProgressMeter | None = None,
 ) -> SequenceSolution:
     r"""Solve a sequence of linear systems $A_t x_t = b_t$, $t = 1, \dots, T$,
     choosing each relaxation parameter online with `policy`, as one compiled
@@ -141,6 +142,8 @@ def solve_sequence(
         right-hand side depends on the previous solution (e.g. Crank-Nicolson);
         `x_prev` is `x0` (or zeros) at the first step.
     - `policy_state`: continue from this state instead of `policy.init(key)`.
+    - `progress_meter`: e.g. `jaxsolve.TextProgressMeter()`: the fraction of the
+        $T$ systems solved (works under `jit` and `vmap`); off by default.
 
     **Returns:** a [`jaxsolve.tuning.SequenceSolution`][]. A failed solve is never
     hidden: its code is in `result`, and the next warm start falls back to the
@@ -167,7 +170,7 @@ def solve_sequence(
         contexts = jnp.asarray(contexts)
         if contexts.ndim != 1:
             raise ValueError(f"`contexts` must have shape (T,), got {contexts.shape}.")
-    num_instances(systems, contexts)
+    T = num_instances(systems, contexts)
     operators, bs = systems
     if policy_state is None:
         if key is None:
@@ -190,9 +193,13 @@ def solve_sequence(
     else:
         start = jnp.asarray(x0)
 
+    meter = NoProgressMeter() if progress_meter is None else progress_meter
+    # Meters keep their state in the default float dtype.
+    meter_dtype = jnp.asarray(0.0).dtype
+
     def step(carry, xs):
-        pstate, x_prev = carry
-        op, data, c = xs
+        pstate, x_prev, mstate = carry
+        op, data, c, t = xs
         arm, omega, pstate = policy.select(pstate, c)
         solver = make_solver(solver_factory, omega)
         b = data if rhs_fn is None else rhs_fn(x_prev, data)
@@ -205,11 +212,18 @@ def solve_sequence(
         finite = jnp.all(jnp.isfinite(sol.value))
         x_next = jnp.where(finite, sol.value, x_prev)
         out = (arm, omega, sol.stats["num_steps"], cost, sol.result)
-        return (pstate, x_next), out
+        if not isinstance(meter, NoProgressMeter):
+            frac = (t + 1).astype(meter_dtype) / T
+            mstate = meter.step(mstate, jax.lax.stop_gradient(frac))
+        return (pstate, x_next, mstate), out
 
-    (pstate, x_last), (arms, omegas, steps, costs, result) = jax.lax.scan(
-        step, (policy_state, start), (operators, bs, contexts)
+    # The meter's state rides in the scan carry (as in `bridge.fit`), so it works
+    # under `jit` and `vmap`; the meter is closed after the scan.
+    ts = jnp.arange(T, dtype=jnp.int32)
+    (pstate, x_last, mstate), (arms, omegas, steps, costs, result) = jax.lax.scan(
+        step, (policy_state, start, meter.init()), (operators, bs, contexts, ts)
     )
+    meter.close(mstate)
     return SequenceSolution(
         arms=arms,
         omegas=omegas,
