@@ -74,6 +74,16 @@ def test_solver_sweep_and_batch_of_one():
     np.testing.assert_allclose(one[0][0].reshape(-1), x, rtol=1e-7, atol=1e-9)
 
 
+def test_chunked_sweep_matches_vmap():
+    omegas = jnp.linspace(1.0, 1.9, 5)
+    chunked = js.sweep(_sor, omegas, chunk_size=2)  # chunks 2, 2, 2 (last one padded)
+    ref = jax.jit(jax.vmap(_sor))(omegas)
+    np.testing.assert_array_equal(chunked[1], ref[1])
+    np.testing.assert_allclose(chunked[0], ref[0], rtol=1e-13, atol=1e-15)
+    with pytest.raises(ValueError, match="chunk_size"):
+        js.sweep(_sor, omegas, chunk_size=0)
+
+
 def test_padding_repeats_the_last_real_instance():
     np.testing.assert_array_equal(
         _pad_rows(np.arange(5), 5, 8), [0, 1, 2, 3, 4, 4, 4, 4]

@@ -73,6 +73,7 @@ def _batched_jit(
     mesh: Mesh,
     axis_name: str,
     gather: bool,
+    chunk_size: int | None,
 ) -> Callable:
     """The cached `jax.jit(jax.vmap(fn))` with batch-sharded inputs and outputs
     (replicated outputs when `gather`: multi-process meshes)."""
@@ -84,6 +85,7 @@ def _batched_jit(
         mesh,
         axis_name,
         gather,
+        chunk_size,
     )
     with _cache_lock:
         if key in _cache:
@@ -98,7 +100,13 @@ def _batched_jit(
             leaves = [next(lane_iter if b else static_iter) for b in is_batched]
             return f(*jax.tree_util.tree_unflatten(arg_treedef, leaves))
 
-        return jax.vmap(one)(*batched)
+        lanes = batched[0].shape[0]
+        if chunk_size is None or chunk_size >= lanes:
+            return jax.vmap(one)(*batched)
+        # This device's lanes, `chunk_size` at a time (a scan over vmapped chunks).
+        return jax.lax.map(
+            lambda lane: one(*lane), tuple(batched), batch_size=chunk_size
+        )
 
     # shard_map, not a plain jit of the vmap: under GSPMD the batched while loops of
     # the solvers would all-reduce their "any lane still running" predicate across
@@ -189,6 +197,7 @@ def sweep(
     *batched_args: PyTree,
     mesh: Mesh | None = None,
     axis_name: str = "batch",
+    chunk_size: int | None = None,
 ) -> PyTree:
     r"""Run `fn` on $N$ independent instances, `jax.vmap`ped over the leading axis of
     every array leaf of `batched_args` and sharded over the devices of `mesh`:
@@ -243,6 +252,12 @@ def sweep(
         replicate the work). Default: a 1-D mesh over all of `jax.devices()` (every
         device of every process).
     - `axis_name`: the mesh axis the batch is sharded over.
+    - `chunk_size`: if given, each device runs its share of the batch `chunk_size`
+        lanes at a time (`jax.lax.map(..., batch_size=chunk_size)`: a loop over
+        vmapped chunks; each device's share is then padded to a multiple of it).
+        This bounds memory, keeps a chunk's arrays in cache on CPU, and lets a
+        chunk's batched solver loop stop at its own slowest lane. Default: the
+        whole share in one `vmap`.
 
     **Returns:** `jax.vmap(fn)(*batched_args)`: the pytree `fn` returns, each leaf
     with a leading axis of length $N$.
@@ -273,6 +288,14 @@ def sweep(
         raise TypeError(
             "js.sweep: no batched arguments; pass at least one pytree of arrays with "
             "a leading batch axis, e.g. js.sweep(fn, jnp.linspace(1.0, 1.9, 8))."
+        )
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, int | np.integer)
+        or chunk_size < 1
+    ):
+        raise ValueError(
+            f"js.sweep: `chunk_size` must be a positive int or None, got {chunk_size!r}."
         )
     if not isinstance(axis_name, str):
         raise TypeError(f"js.sweep: `axis_name` must be a str, got {axis_name!r}.")
@@ -322,7 +345,12 @@ def sweep(
         )
     n = next(iter(sizes.values()))
     n_dev = mesh.shape[axis_name]
-    n_pad = n_dev * math.ceil(n / n_dev)
+    lanes = math.ceil(n / n_dev)
+    if chunk_size is not None:
+        chunk_size = int(chunk_size)
+        if chunk_size < lanes:
+            lanes = chunk_size * math.ceil(lanes / chunk_size)
+    n_pad = n_dev * lanes
 
     fn_dynamic, fn_static = eqx.partition(fn, eqx.is_array)
     traced = any(
@@ -330,7 +358,14 @@ def sweep(
     )
     gather = bool(mesh.is_multi_process) and not traced
     jitted = _batched_jit(
-        fn_static, arg_treedef, static_leaves, is_batched, mesh, axis_name, gather
+        fn_static,
+        arg_treedef,
+        static_leaves,
+        is_batched,
+        mesh,
+        axis_name,
+        gather,
+        chunk_size,
     )
 
     if n == 0:
