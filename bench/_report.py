@@ -732,10 +732,11 @@ def section_linear_dcdm(d: dict, plots: Plots) -> list[str]:
         axes[0].legend(fontsize=7)
         out += plots.save(fig, "linear_dcdm_residuals.png", "DCDM residual histories")
     elif plots.plt:
+        quick = " --quick" if d.get("quick") else ""
         out += _missing_plot(
             "residual histories",
-            "this JSON has no `histories` (record them with `python "
-            "bench/linear_dcdm.py --histories-only`).",
+            "this JSON has no `histories` (quick runs skip them; add them with "
+            f"`python bench/linear_dcdm.py{quick} --histories-only`, about 20 s).",
         )
     scaling = [
         r
@@ -1119,10 +1120,11 @@ def section_bilevel(d: dict, plots: Plots) -> list[str]:
         axes[0].legend(fontsize=7)
         out += plots.save(fig, "bilevel_convergence.png", "bilevel convergence")
     elif plots.plt:
+        quick = " --quick" if d.get("quick") else ""
         out += _missing_plot(
             "bilevel convergence",
-            "this JSON has no `llc_convergence` (record it with `python "
-            "bench/bilevel.py --convergence-only`).",
+            "this JSON has no `llc_convergence` (quick runs skip it; add it with "
+            f"`python bench/bilevel.py{quick} --convergence-only`, about 1.5 min).",
         )
     return out
 
@@ -1168,8 +1170,15 @@ def section_generic(d: dict, plots: Plots, max_rows: int = 60) -> list[str]:
         for r in rows:
             columns += [k for k, v in r.items() if _scalar(v) and k not in columns]
         columns = columns[:12]
+        # Text columns align left, numbers right.
+        specs = [
+            "s"
+            if all(isinstance(r.get(c), (str, bool, type(None))) for r in rows)
+            else ".4g"
+            for c in columns
+        ]
         out += ["", f"**{path}** ({len(rows)} rows)", ""]
-        out += md_table(rows[:max_rows], [(c, c, ".4g") for c in columns])
+        out += md_table(rows[:max_rows], list(zip(columns, columns, specs)))
         if len(rows) > max_rows:
             out.append(f"\n*({len(rows) - max_rows} more rows in the JSON)*")
     if not found:
@@ -1262,6 +1271,12 @@ def build_report(
         lines += ["", f"## {name}", "", f"*{TITLES.get(name, f'bench/{name}.py')}*", ""]
         path = json_path(name, quick, results_dir)
         run = (runs or {}).get(name)
+        if runs is not None and run is None:
+            lines.append(
+                "*Not part of this run (its script appeared after the run started, "
+                "or there is no script): the JSON is shown as found.*"
+            )
+            lines.append("")
         if run is not None and run["code"] != 0:
             lines.append(
                 f"**`bench/{name}.py` FAILED in this run** (exit {run['code']}): "
@@ -1294,8 +1309,9 @@ def build_report(
         section = SECTIONS.get(name, section_generic)
         try:
             lines += section(d, pl)
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
-            # A JSON whose layout changed: still report what it holds.
+        except Exception as e:
+            # A JSON whose layout changed (or a plot that failed): one section must
+            # not cost the whole report; still report what the JSON holds.
             lines.append(
                 f"*This JSON does not have the layout the `{name}` section expects "
                 f"({type(e).__name__}: {e}); generic tables instead.*"
@@ -1307,7 +1323,9 @@ def build_report(
 
 
 def _show(path: Path) -> str:
+    """A path relative to the current folder when it lies inside it."""
     try:
-        return os.path.relpath(path)
+        rel = os.path.relpath(path)
     except ValueError:
         return str(path)
+    return str(Path(path).resolve()) if rel.startswith("..") else rel

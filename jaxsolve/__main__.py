@@ -182,7 +182,12 @@ def _run_script(name: str, quick: bool) -> tuple[int, str | None]:
     # last lines kept, to say in one line why a script failed; a missing optional
     # package becomes a hint naming the extra instead of a traceback's last line.
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # Line by line through the pipe, as on a terminal.
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert proc.stdout is not None and proc.stderr is not None
     out: collections.deque[str] = collections.deque(maxlen=200)
@@ -356,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.name is None:
         return bench_all(args.quick, args.out, args.report_only)
     if args.report_only or args.out is not None:
-        parser.error(
+        p_bench.error(
             "--report-only and --out go without NAME (they concern the report)"
         )
     return bench(args.name, args.quick)

@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -196,11 +195,3 @@ def test_report_generic_table_missing_json_and_no_matplotlib(tmp_path, monkeypat
     assert "| 1 | 10.5 | yes |" in text and "| 8 | 70.25 | no |" in text
     assert "## absent\n" in text and "Not run: no results file" in text
     assert not list((tmp_path / "out").glob("*.png"))
-
-
-def test_bench_quick_report_goes_next_to_the_quick_jsons():
-    from jaxsolve.__main__ import default_report_dir
-
-    quick = default_report_dir(True)
-    assert quick.parent == Path(tempfile.gettempdir())
-    assert default_report_dir(False) == Path("bench", "results")
