@@ -154,12 +154,19 @@ def provenance(name: str, d: dict[str, Any], path: Path) -> list[str]:
     else:
         quick = d.get("quick", _get(d.get("config"), "quick"))
         guess = f"python bench/{name}.py" + (" --quick" if quick else "")
+        kind = "a quick run" if quick else "a full run"
         lines.append(
-            f"- Command: not recorded in the JSON; `{guess}` "
-            f"(inferred from `quick: {str(bool(quick)).lower()}`)"
+            f"- Command: not recorded in the JSON ({kind}, `quick: "
+            f"{str(bool(quick)).lower()}`: `{guess}` with its defaults, unless a note "
+            "below says otherwise)"
         )
     for key in sorted(k for k in d if k.endswith("_command")):
-        lines.append(f"- Extra data (`{key[: -len('_command')]}`): `{d[key]}`")
+        prefix = key[: -len("_command")]
+        when = d.get(f"{prefix}_machine")
+        when = when.get("date_utc") if isinstance(when, dict) else None
+        lines.append(
+            f"- Extra data (`{prefix}`): `{d[key]}`" + (f", {when}" if when else "")
+        )
     machine = d.get("machine")
     info = machine if isinstance(machine, dict) else d.get("machine_info")
     date = None
@@ -1266,7 +1273,7 @@ def build_report(
         total = sum(r["seconds"] for r in runs.values())
         lines.append(f"\nTotal: {total:.0f} s.")
     lines += ["", "## Contents", ""]
-    lines += [f"- [{n}](#{n}): {TITLES.get(n, 'benchmark')}" for n in names]
+    lines += [f"- [{n}](#{n}): {TITLES.get(n, f'bench/{n}.py')}" for n in names]
     for name in names:
         lines += ["", f"## {name}", "", f"*{TITLES.get(name, f'bench/{name}.py')}*", ""]
         path = json_path(name, quick, results_dir)
