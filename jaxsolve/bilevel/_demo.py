@@ -6,6 +6,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from .._core import TextProgressMeter
 from ._hypergradient import implicit_hypergradient
 from ._lvhba import LVHBA
 from ._penalty import Penalty
@@ -39,9 +40,15 @@ def demo_rows(quick: bool = True) -> list[dict[str, object]]:
         ("LV-HBA", LVHBA(), steps, 5e-2 if quick else 1e-2),
         ("Penalty (sigma=0.01)", Penalty(sigma=0.01, alpha=0.005), 3000, 2e-2),
     ):
+        # The long calls: show their progress (a few lines, before the table).
+        print(f"bilevel: {name}, {k} steps", flush=True)
+        meter = TextProgressMeter(minimum_increase=0.25)
         t0 = time.perf_counter()
-        sol = solve(problem, solver, x0, y0, max_steps=k, throw=False)
+        sol = solve(
+            problem, solver, x0, y0, max_steps=k, throw=False, progress_meter=meter
+        )
         err = float(jnp.linalg.norm(sol.value[0] - xs) / jnp.linalg.norm(xs))
+        jax.effects_barrier()  # the meter's last line before the next one
         rows.append(
             {
                 "family": "bilevel",

@@ -5,6 +5,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from .._core import TextProgressMeter
 from ._benchmark import cbw2_uvp, eot_benchmark, gaussian_eot
 from ._fit import fit
 from ._lightsb import LightSB
@@ -22,10 +23,16 @@ def demo_rows(quick: bool = True) -> list[dict[str, object]]:
     x, y = bench.sample_plan(jax.random.key(1), 20_000)
     y = jax.random.permutation(jax.random.key(2), y)  # unpaired
     model = LightSB(2, 50, eps, key=jax.random.key(3), dtype=dtype)
+    # The one long call: show its progress (a few lines, before the table).
+    print(f"bridge: fitting LightSB, {steps} Adam steps", flush=True)
+    meter = TextProgressMeter(minimum_increase=0.25)
     t0 = time.perf_counter()
-    fitted, losses = fit(model, x, y, jax.random.key(4), steps=steps)
+    fitted, losses = fit(
+        model, x, y, jax.random.key(4), steps=steps, progress_meter=meter
+    )
     jax.block_until_ready(losses)
     seconds = time.perf_counter() - t0
+    jax.effects_barrier()  # the meter's last line before anything else is printed
     key = jax.random.key(5)
     uvp = float(cbw2_uvp(fitted, bench, key))
     gauss = float(cbw2_uvp(gaussian_eot(x, y, eps), bench, key))
