@@ -3,18 +3,21 @@ codes, statistics and the lineax solver protocol. Concrete solvers only implemen
 their maths (`init`, `_start`, `_step`)."""
 
 import abc
+import math
 from typing import Any, ClassVar
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import lineax as lx
+from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float
 
 from .._core import AbstractProgressMeter, iterate, RESULTS
 from .._core._adjoint import LoopKind
 from .._core._misc import concrete_value
 from ._operators import as_operator, norm_bound
-from ._splitting import check_ordering, make_splitting
+from ._splitting import check_ordering, make_splitting, MAX_DENSE_SIZE
 
 
 class AbstractIterativeLinearSolver(lx.AbstractLinearSolver):
@@ -26,6 +29,14 @@ class AbstractIterativeLinearSolver(lx.AbstractLinearSolver):
     (the iterate), `rnorm` (the residual norm the stopping rule reads) and
     `breakdown` (a bool), and optionally `certified` (a bool: `rnorm` is a true
     residual $\\|b - A x\\|$ this step; default true).
+
+    **Fixed number of steps.** With `rtol = atol = 0` the solver runs exactly
+    `max_steps` steps (fewer only if the residual becomes exactly zero or reaches the
+    rounding floor) and reports success unless the iterate becomes non-finite or the
+    iteration breaks down: the classic smoother / fixed-cost preconditioner use.
+
+    **Complex input.** Norms and tolerances are real; the solvers accept complex
+    Hermitian positive definite systems where their maths allows (SOR, SSOR-PCG).
 
     **Stagnation.** The driver keeps the best iterate by true residual. If that best
     residual lies below the precision floor
@@ -62,8 +73,13 @@ class AbstractIterativeLinearSolver(lx.AbstractLinearSolver):
         progress_meter: AbstractProgressMeter | None = None,
     ) -> tuple[Array, RESULTS, dict[str, Array]]:
         """Iterate from `x0`; returns `(x, result, stats)`."""
+        # Norms and tolerances are real (float32 for complex64 systems, ...).
+        real = jnp.finfo(b.dtype).dtype
         bnorm = jnp.linalg.norm(b)
-        tol = jnp.maximum(jnp.asarray(self.atol, b.dtype), self.rtol * bnorm)
+        tol = jnp.maximum(jnp.asarray(self.atol, real), self.rtol * bnorm)
+        # rtol = atol = 0: run exactly `max_steps` steps (a smoother or a fixed-cost
+        # preconditioner); only a non-finite iterate or a breakdown is a failure.
+        fixed = self.rtol == 0 and self.atol == 0
         # b = 0 has the exact solution 0 (SciPy's convention): start there so the
         # loop stops at once with x exactly zero.
         x0 = jnp.where(bnorm == 0, jnp.zeros_like(x0), x0)
@@ -98,6 +114,8 @@ class AbstractIterativeLinearSolver(lx.AbstractLinearSolver):
         r0 = jnp.maximum(inner["rnorm"], jnp.finfo(b.dtype).tiny)
 
         def stagnated(c):
+            if fixed:
+                return jnp.array(False)
             return (c["since"] >= window) & (c["best"] <= floor_at(c["x_best"]))
 
         def cond(c):
@@ -124,6 +142,8 @@ class AbstractIterativeLinearSolver(lx.AbstractLinearSolver):
             }
 
         def progress(c):
+            if fixed:  # the step count alone measures progress
+                return jnp.zeros((), real)
             # Fraction of the way from ||r0|| to tol on a log scale.
             rn = c["inner"]["rnorm"]
             ratio = jnp.log(r0 / jnp.maximum(rn, tol)) / jnp.log(r0 / tol)
@@ -141,7 +161,7 @@ class AbstractIterativeLinearSolver(lx.AbstractLinearSolver):
         )
         inner = final["inner"]
         rnorm = inner["rnorm"]
-        converged = rnorm <= tol
+        converged = (rnorm <= tol) | fixed
         result = RESULTS.where(converged, RESULTS.successful, RESULTS.max_steps_reached)
         result = RESULTS.where(jnp.isfinite(rnorm), result, RESULTS.nonfinite)
         result = RESULTS.where(inner["breakdown"], RESULTS.breakdown, result)
@@ -152,6 +172,11 @@ class AbstractIterativeLinearSolver(lx.AbstractLinearSolver):
         )
         stag = ~converged & (stagnated(final) | failed_at_floor)
         result = RESULTS.where(stag, RESULTS.stagnation, result)
+        if fixed:
+            # A fixed number of steps asks for no tolerance: stopping early at the
+            # rounding floor returns the best iterate, successfully.
+            result = RESULTS.where(failed_at_floor, RESULTS.successful, result)
+            stag = failed_at_floor
         x = jnp.where(stag, final["x_best"], inner["x"])
         rnorm = jnp.where(stag, final["best"], rnorm)
         stats = {
@@ -165,7 +190,13 @@ class AbstractIterativeLinearSolver(lx.AbstractLinearSolver):
 
     def compute(self, state, vector, options):
         x0 = options.get("y0", None)
-        x0 = jnp.zeros_like(vector) if x0 is None else x0
+        x0 = jax.tree_util.tree_map(jnp.zeros_like, vector) if x0 is None else x0
+        if len(jax.tree_util.tree_leaves(vector)) > 1:
+            # A pytree-structured operator (lineax's PyTreeLinearOperator, ...) was
+            # materialised on the flattened vector by `init`: solve on that.
+            flat, unravel = ravel_pytree(vector)
+            x, result, stats = self.run(state, flat, ravel_pytree(x0)[0])
+            return unravel(x), to_lineax_result(result), stats
         x, result, stats = self.run(state, vector, x0)
         return x, to_lineax_result(result), stats
 
@@ -183,7 +214,7 @@ class AbstractSplittingSolver(AbstractIterativeLinearSolver):
 
     def init(self, operator, options):
         del options
-        operator = as_operator(operator)
+        operator = as_operator(flatten_operator(operator))
         return operator, make_splitting(operator, self.ordering, self.default_ordering)
 
     # The state is `(operator, splitting)`: the transposed/conjugated state is the
@@ -196,6 +227,30 @@ class AbstractSplittingSolver(AbstractIterativeLinearSolver):
 
     def _omega(self, dtype) -> Array:
         return self.omega.astype(dtype)
+
+
+def flatten_operator(operator: Any) -> Any:
+    """A lineax operator acting on a pytree of arrays, as a matrix operator acting on
+    the flattened vector (`jax.flatten_util.ravel_pytree` order, lineax's
+    `as_matrix` order); anything else is returned unchanged."""
+    if not isinstance(operator, lx.AbstractLinearOperator):
+        return operator
+    structs = jax.tree_util.tree_leaves(operator.in_structure())
+    if len(structs) <= 1:
+        return operator
+    n = sum(math.prod(s.shape) for s in structs)
+    if n > MAX_DENSE_SIZE:
+        raise ValueError(
+            f"A pytree-structured operator is materialised as an {n}x{n} matrix for "
+            f"SOR/SSOR-PCG (more than {MAX_DENSE_SIZE} unknowns); flatten the problem "
+            "into one array or use lineax.CG."
+        )
+    if operator.in_structure() != operator.out_structure():
+        raise ValueError(
+            "The operator must be square (same input and output structure), got "
+            f"{operator.in_structure()} -> {operator.out_structure()}."
+        )
+    return lx.MatrixLinearOperator(operator.as_matrix())
 
 
 def check_common(solver: AbstractIterativeLinearSolver) -> None:
@@ -212,11 +267,6 @@ def check_common(solver: AbstractIterativeLinearSolver) -> None:
                 f"{type(solver).__name__}({name}=...) must be non-negative, got "
                 f"{value}."
             )
-    if solver.rtol == 0 and solver.atol == 0:
-        raise ValueError(
-            f"{type(solver).__name__}: rtol and atol are both 0, so the solve could "
-            "never succeed; set rtol (e.g. 1e-6) or atol."
-        )
     ms = solver.max_steps
     if not isinstance(ms, int) or isinstance(ms, bool) or ms < 1:
         raise ValueError(
@@ -243,6 +293,14 @@ def check_omega(solver: AbstractSplittingSolver) -> None:
             f"(SOR and SSOR diverge otherwise), got {float(value)}."
         )
     check_ordering(solver.ordering)
+
+
+def to_tolerance(value: Any) -> Any:
+    """`rtol`/`atol` as a Python float (so `rtol=0` works as `rtol=0.0`); anything
+    else is left for `check_common` to reject with a clear message."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def to_omega(omega) -> Array:

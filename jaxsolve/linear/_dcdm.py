@@ -9,7 +9,7 @@ import jax.tree_util as jtu
 import lineax as lx
 from jaxtyping import Array, Shaped
 
-from ._base import AbstractIterativeLinearSolver, check_common
+from ._base import AbstractIterativeLinearSolver, check_common, to_tolerance
 from ._operators import as_operator
 
 
@@ -95,8 +95,8 @@ class DeepConjugateDirection(AbstractIterativeLinearSolver):
     """
 
     network: Any
-    rtol: float = 1e-6
-    atol: float = 0.0
+    rtol: float = eqx.field(default=1e-6, converter=to_tolerance)
+    atol: float = eqx.field(default=0.0, converter=to_tolerance)
     max_steps: int = 1000
     n_orthogonal: int = eqx.field(default=2, static=True)
     mask: Shaped[Array, "..."] | None = eqx.field(default=None, converter=_as_mask)
@@ -136,6 +136,13 @@ class DeepConjugateDirection(AbstractIterativeLinearSolver):
         operator = as_operator(operator)
         shape = operator.in_structure().shape
         dtype = operator.in_structure().dtype
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"DeepConjugateDirection needs a real (float32/float64) operator, got "
+                f"{dtype}: its networks are trained on real Poisson-type operators. "
+                "For complex Hermitian positive definite systems use "
+                "js.linear.SSORPCG or js.linear.SOR."
+            )
         ndim = getattr(self.network, "ndim", None)
         if len(shape) not in (2, 3) or (ndim is not None and ndim != len(shape)):
             want = f"a {ndim}-D grid" if ndim is not None else "a 2-D or 3-D grid"

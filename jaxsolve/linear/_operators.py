@@ -224,10 +224,10 @@ def as_operator(operator: Any, tags: Any = ()) -> lx.AbstractLinearOperator:
                 "A dense operator must be a square (n, n) matrix, got shape "
                 f"{matrix.shape}."
             )
-        if not jnp.issubdtype(matrix.dtype, jnp.floating):
+        if not jnp.issubdtype(matrix.dtype, jnp.inexact):
             raise ValueError(
-                f"A dense operator must have a floating dtype, got {matrix.dtype}; "
-                "convert it with `.astype(jnp.float64)` (or float32)."
+                f"A dense operator must have a floating or complex dtype, got "
+                f"{matrix.dtype}; convert it with `.astype(jnp.float64)` (or float32)."
             )
         return lx.MatrixLinearOperator(matrix, tags)
     raise ValueError(

@@ -6,7 +6,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import lineax as lx
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, Real
+from jaxtyping import Array, ArrayLike, Inexact, Num
 
 from .._core import (
     AbstractAdjoint,
@@ -71,11 +71,11 @@ class _Primal(eqx.Module):
 
 
 def solve(
-    operator: lx.AbstractLinearOperator | Float[ArrayLike, "n n"],
-    b: Real[ArrayLike, "..."],
+    operator: lx.AbstractLinearOperator | Inexact[ArrayLike, "n n"],
+    b: Num[ArrayLike, "..."],
     solver: lx.AbstractLinearSolver,
     *,
-    x0: Real[ArrayLike, "..."] | None = None,
+    x0: Num[ArrayLike, "..."] | None = None,
     throw: bool = True,
     adjoint: AbstractAdjoint = ImplicitAdjoint(),
     progress_meter: AbstractProgressMeter | None = None,
@@ -86,7 +86,8 @@ def solve(
     **Arguments:**
 
     - `operator`: a lineax operator (e.g. [`jaxsolve.linear.poisson`][]) or a dense
-        `(n, n)` array.
+        `(n, n)` array; real, or complex Hermitian positive definite for SOR and
+        SSOR-PCG.
     - `b`: the right-hand side, shaped like the operator's input (the grid shape for
         stencil operators, `(n,)` for matrices); same dtype as the operator (integer
         arrays are cast).

@@ -4,7 +4,13 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._base import AbstractSplittingSolver, check_common, check_omega, to_omega
+from ._base import (
+    AbstractSplittingSolver,
+    check_common,
+    check_omega,
+    to_omega,
+    to_tolerance,
+)
 
 
 class SOR(AbstractSplittingSolver):
@@ -35,6 +41,10 @@ class SOR(AbstractSplittingSolver):
     especially away from the optimum (2-D Poisson $256^2$, rtol 1e-6: 621 red-black vs
     664 natural sweeps at Young's $\omega$, but 3553 vs 2683 at $\omega = 1.9$).
 
+    **Complex systems.** Hermitian positive definite $A$ (complex64/complex128,
+    dense or any single-array lineax operator, natural ordering) converges for
+    $0 < \omega < 2$ as in the real symmetric case (Ostrowski-Reich).
+
     When to use it: as a smoother, or when $\omega$ can be tuned across a sequence of
     related systems ([`jaxsolve.tuning`][]). For one-off solves of SPD systems,
     [`jaxsolve.linear.SSORPCG`][] or CG is usually cheaper.
@@ -46,7 +56,10 @@ class SOR(AbstractSplittingSolver):
     - `rtol`, `atol`: stopping tolerances (2-norm of the true residual). `rtol` is
         relative to $\|b\|_2$.
     - `max_steps`: maximum number of sweeps; reaching it gives
-        `RESULTS.max_steps_reached`.
+        `RESULTS.max_steps_reached`. With `rtol=0, atol=0` the solver runs exactly
+        `max_steps` sweeps and reports success (the classic smoother, or a
+        fixed-cost preconditioner): `SOR(1.0, rtol=0, atol=0, max_steps=3)` is three
+        Gauss-Seidel sweeps.
     - `ordering`: `"auto"`, `"red_black"` or `"natural"` (see above).
 
     Differs from `pyamg.relaxation.relaxation.sor`: that is one sweep without a
@@ -71,8 +84,8 @@ class SOR(AbstractSplittingSolver):
     """
 
     omega: Float[Array, ""] = eqx.field(converter=to_omega)
-    rtol: float = 1e-6
-    atol: float = 0.0
+    rtol: float = eqx.field(default=1e-6, converter=to_tolerance)
+    atol: float = eqx.field(default=0.0, converter=to_tolerance)
     max_steps: int = 10_000
     ordering: str = eqx.field(default="auto", static=True)
     default_ordering: ClassVar[str] = "red_black"

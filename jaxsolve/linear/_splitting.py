@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import lineax as lx
 import numpy as np
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, Bool, Float, Inexact
 
 from ._operators import offdiagonal_mv, PoissonOperator
 
@@ -52,7 +52,7 @@ class AbstractSplitting(eqx.Module):
 
 
 class DenseSplitting(AbstractSplitting):
-    matrix: Float[Array, "n n"]
+    matrix: Inexact[Array, "n n"]
     shape: tuple[int, ...] = eqx.field(static=True)
 
     def mv(self, x):

@@ -5,7 +5,13 @@ import jax.lax as lax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._base import AbstractSplittingSolver, check_common, check_omega, to_omega
+from ._base import (
+    AbstractSplittingSolver,
+    check_common,
+    check_omega,
+    to_omega,
+    to_tolerance,
+)
 
 
 class SSORPCG(AbstractSplittingSolver):
@@ -31,6 +37,10 @@ class SSORPCG(AbstractSplittingSolver):
     operators only): fully parallel sweeps, but red-black SSOR is a much weaker
     preconditioner (its best $\omega$ is near 1); prefer it only where parallelism
     dominates.
+
+    **Complex systems.** Hermitian positive definite $A$ (complex64/complex128,
+    dense or any single-array lineax operator) is supported: $M$ is then Hermitian
+    positive definite and CG runs with the inner product $u^H v$.
 
     **Breakdown.** If $p^\top A p \le 0$ or $r^\top M^{-1} r \le 0$, the operator or
     preconditioner is not SPD: the iteration stops at the last finite iterate with
@@ -60,8 +70,8 @@ class SSORPCG(AbstractSplittingSolver):
     """
 
     omega: Float[Array, ""] = eqx.field(converter=to_omega)
-    rtol: float = 1e-6
-    atol: float = 0.0
+    rtol: float = eqx.field(default=1e-6, converter=to_tolerance)
+    atol: float = eqx.field(default=0.0, converter=to_tolerance)
     max_steps: int = 10_000
     ordering: str = eqx.field(default="auto", static=True)
     stabilise_every: int = eqx.field(default=10, static=True)
@@ -89,7 +99,9 @@ class SSORPCG(AbstractSplittingSolver):
             "x": x0,
             "r": r,
             "p": z,
-            "gamma": jnp.vdot(r, z),
+            # r^H M^{-1} r and p^H A p are real for Hermitian A and M (complex
+            # systems): keep the real part so the comparisons below are defined.
+            "gamma": jnp.real(jnp.vdot(r, z)),
             "rnorm": jnp.linalg.norm(r),
             "breakdown": jnp.array(False),
             "certified": jnp.array(True),
@@ -102,10 +114,10 @@ class SSORPCG(AbstractSplittingSolver):
         omega = self._omega(b.dtype)
         p, gamma = c["p"], c["gamma"]
         ap = split.mv(p)
-        pap = jnp.vdot(p, ap)
+        pap = jnp.real(jnp.vdot(p, ap))
         # `not (> 0)` also catches NaN curvature.
         bad = ~(pap > 0) | ~(gamma > 0)
-        alpha = jnp.where(bad, 0, gamma / jnp.where(bad, 1, pap))
+        alpha = jnp.where(bad, 0, gamma / jnp.where(bad, 1, pap)).astype(p.dtype)
         x = c["x"] + alpha * p
         r_rec = c["r"] - alpha * ap
         k = c["k"] + 1
@@ -116,8 +128,8 @@ class SSORPCG(AbstractSplittingSolver):
         )
         r = lax.cond(need_true, lambda: b - split.mv(x), lambda: r_rec)
         z = self._precondition(split, r, omega)
-        gamma_new = jnp.vdot(r, z)
-        beta = gamma_new / jnp.where(bad, 1, gamma)
+        gamma_new = jnp.real(jnp.vdot(r, z))
+        beta = (gamma_new / jnp.where(bad, 1, gamma)).astype(p.dtype)
         p_new = z + beta * p
         keep = lambda old, new: jnp.where(bad, old, new)
         return {
