@@ -18,6 +18,12 @@ and, mostly, XLA's per-iteration cost of a while loop on CPU) against the per-la
 cost of the batched loop, times the lane efficiency (each device's batched loop runs
 until its slowest lane has converged): it is larger on smaller grids, hence two grids.
 
+Two configurations of `js.sweep` are timed: the default (one GSPMD-partitioned
+program; a batched solver loop all-reduces its "any lane running" flag across devices
+every step) and "tuned" (`independent=True`: each device runs its lanes as its own
+program, no collectives; `chunk_size=500`: 500 lanes at a time, which keeps a chunk's
+arrays in cache and lets each chunk's loop stop at its own slowest lane).
+
 Every device count runs in its own subprocess (`XLA_FLAGS=
 --xla_force_host_platform_device_count=D` is read when JAX starts). Timings: the first
 call (trace + compile + run) and the median of steady-state calls of
@@ -100,14 +106,14 @@ def _first_call(fn) -> tuple:
     return out, time.perf_counter() - t0
 
 
-def _collectives(args, chunk: int | None) -> int | None:
+def _collectives(args, chunk: int | None, independent: bool) -> int | None:
     """Collective ops in the compiled sweep program (a diagnostic through a private
     cache; None if it cannot be read)."""
     try:
         from jaxsolve._core import _sweep
 
         for key, jitted in reversed(_sweep._cache.items()):
-            if key[-1] == chunk:
+            if key[-2:] == (chunk, independent):
                 text = jitted.lower(None, list(args)).compile().as_text()
                 break
         else:
@@ -119,7 +125,8 @@ def _collectives(args, chunk: int | None) -> int | None:
 
 
 def worker_sweep(devices: int, n: int, grid: int, args) -> dict:
-    """Time js.sweep (whole shares, and chunked) on `devices` devices; on one device
+    """Time js.sweep (default, and tuned: `independent=True, chunk_size=chunk`) on
+    `devices` devices; on one device
     also the bare jax.jit(jax.vmap), the loop of single solves over a subset, and the
     pod projection. The timed variants run round-robin (`time_interleaved`), so that a
     burst of load from other jobs on this shared machine hits them alike."""
@@ -138,13 +145,13 @@ def worker_sweep(devices: int, n: int, grid: int, args) -> dict:
 
     fns = {
         "sweep": lambda: jax.block_until_ready(js.sweep(solve_one, w, b)),
-        "chunked": lambda: jax.block_until_ready(
-            js.sweep(solve_one, w, b, chunk_size=chunk)
+        "tuned": lambda: jax.block_until_ready(
+            js.sweep(solve_one, w, b, chunk_size=chunk, independent=True)
         ),
     }
     (x, steps, ok), first = _first_call(fns["sweep"])
-    (xc, steps_c, _), first_c = _first_call(fns["chunked"])
-    compile_s = {"sweep": first, "chunked": first_c}
+    (xc, steps_c, _), first_c = _first_call(fns["tuned"])
+    compile_s = {"sweep": first, "tuned": first_c}
     loop_info = None
     if devices == 1:
         bare_fn = jax.jit(jax.vmap(solve_one))
@@ -166,18 +173,24 @@ def worker_sweep(devices: int, n: int, grid: int, args) -> dict:
         t["compile_s"] = max(compile_s[k] - t["median_s"], 0.0)
 
     steps = np.asarray(steps)
-    assert np.array_equal(steps, np.asarray(steps_c)), "chunked steps differ"
+    assert np.array_equal(steps, np.asarray(steps_c)), "tuned steps differ"
     residual = jax.vmap(lambda xi, bi: bi - operator.mv(xi))(x, b)
     relres = jnp.linalg.norm(residual.reshape(n, -1), axis=1) / jnp.linalg.norm(
         b.reshape(n, -1), axis=1
     )
     lanes = -(-n // devices)
+    lanes_tuned = lanes if chunk >= lanes else chunk * -(-lanes // chunk)
+    padded = steps[np.minimum(np.arange(devices * lanes_tuned), n - 1)]
 
-    def lane_efficiency(size):
+    def lane_efficiency(group):
         # Useful lane-iterations / lane-iterations run: a batched loop runs until
-        # its slowest lane has converged.
-        shard_max = [int(steps[k : k + size].max()) for k in range(0, n, size)]
-        return float(steps.sum() / sum(size * m for m in shard_max))
+        # the slowest lane of its group has converged. Default (GSPMD): one group,
+        # the whole batch; tuned: each chunk of each device.
+        run = sum(
+            len(padded[k : k + group]) * int(padded[k : k + group].max())
+            for k in range(0, len(padded), group)
+        )
+        return float(steps.sum() / run)
 
     row = {
         "devices": devices,
@@ -186,17 +199,18 @@ def worker_sweep(devices: int, n: int, grid: int, args) -> dict:
         "chunk_size": chunk,
         "timing": timing,
         "instances_per_s": n / timing["sweep"]["median_s"],
-        "chunked_instances_per_s": n / timing["chunked"]["median_s"],
+        "tuned_instances_per_s": n / timing["tuned"]["median_s"],
         "all_converged": bool(np.all(ok)),
         "max_relres": float(relres.max()),
-        "max_abs_diff_chunked": float(jnp.max(jnp.abs(x - xc))),
+        "max_abs_diff_tuned": float(jnp.max(jnp.abs(x - xc))),
         "steps_min": int(steps.min()),
         "steps_mean": float(steps.mean()),
         "steps_max": int(steps.max()),
         "steps_sha256": hashlib.sha256(steps.astype(np.int64).tobytes()).hexdigest(),
-        "lane_efficiency": lane_efficiency(lanes),
-        "lane_efficiency_chunked": lane_efficiency(min(chunk, lanes)),
-        "collectives_in_program": _collectives((w, b), None),
+        "lane_efficiency": lane_efficiency(len(padded)),
+        "lane_efficiency_tuned": lane_efficiency(min(chunk, lanes)),
+        "collectives_in_program": _collectives((w, b), None, False),
+        "collectives_in_program_tuned": _collectives((w, b), chunk, True),
         "result_bytes": int(sum(a.nbytes for a in (x, steps, ok))),
     }
     if loop_info is not None:
@@ -213,7 +227,7 @@ def worker_sweep(devices: int, n: int, grid: int, args) -> dict:
 
 
 def _pod_projection(solve_one, w, b, pod: int, repeats: int, chunk: int) -> dict:
-    """Time each of `pod` contiguous shards alone on this device (chunked as in the
+    """Time each of `pod` contiguous shards alone on this device (tuned as in the
     sweep)."""
     import jax
     import jax.numpy as jnp
@@ -231,7 +245,7 @@ def _pod_projection(solve_one, w, b, pod: int, repeats: int, chunk: int) -> dict
                 jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) for a in shard
             )
         fn = lambda: jax.block_until_ready(  # noqa: E731
-            js.sweep(solve_one, *shard, chunk_size=chunk)
+            js.sweep(solve_one, *shard, chunk_size=chunk, independent=True)
         )
         fn()
         times.append(time_calls(fn, repeats)["median_s"])
@@ -300,12 +314,12 @@ def run_grid(grid: int, device_counts: list[int], args) -> dict:
         rows.append(row)
         t = row["timing"]
         print(
-            f"  {d} device(s): sweep {t['sweep']['median_s']:.3f} s, chunked "
-            f"{t['chunked']['median_s']:.3f} s (medians)",
+            f"  {d} device(s): sweep {t['sweep']['median_s']:.3f} s, tuned "
+            f"{t['tuned']['median_s']:.3f} s (medians)",
             flush=True,
         )
 
-    # Checks: the iteration counts are the same on every device count, chunked or
+    # Checks: the iteration counts are the same on every device count, tuned or
     # not, and equal the single solves'; every instance converged.
     base = rows[0]
     assert all(r["steps_sha256"] == base["steps_sha256"] for r in rows), "steps differ"
@@ -326,7 +340,11 @@ def run_grid(grid: int, device_counts: list[int], args) -> dict:
     ]
     for key, label, eff in (
         ("sweep", "js.sweep", "lane_efficiency"),
-        ("chunked", f"js.sweep, chunk_size={args.chunk}", "lane_efficiency_chunked"),
+        (
+            "tuned",
+            f"js.sweep, independent, chunk_size={args.chunk}",
+            "lane_efficiency_tuned",
+        ),
     ):
         one = args.n / base["timing"][key]["median_s"]
         for r in rows:
@@ -364,14 +382,15 @@ def run_grid(grid: int, device_counts: list[int], args) -> dict:
         f"{args.repeats} timed passes over the subset, interleaved with the sweeps); "
         f"iterations per instance: min {base['steps_min']}, mean "
         f"{base['steps_mean']:.1f}, max {base['steps_max']} (identical on every device "
-        f"count, chunked or not, and in the loop); max true relative residual "
-        f"{base['max_relres']:.2e}; collectives in the sweep program: "
-        f"{[r['collectives_in_program'] for r in rows]}"
+        f"count, tuned or not, and in the loop); max true relative residual "
+        f"{base['max_relres']:.2e}; collectives in the sweep program (default / "
+        f"tuned): {[r['collectives_in_program'] for r in rows]} / "
+        f"{[r['collectives_in_program_tuned'] for r in rows]}"
     )
     print(
-        "\nPod on paper: each of P devices runs one contiguous shard (chunk_size="
-        f"{args.chunk}, timed alone on one device here); the pod finishes with its "
-        "slowest shard."
+        "\nPod on paper: each of P devices runs one contiguous shard (tuned: "
+        f"independent, chunk_size={args.chunk}; timed alone on one device here); the "
+        "pod finishes with its slowest shard."
     )
     print(format_table(base["pods"], POD_COLUMNS))
     print(

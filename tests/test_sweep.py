@@ -84,6 +84,29 @@ def test_chunked_sweep_matches_vmap():
         js.sweep(_sor, omegas, chunk_size=0)
 
 
+def test_independent_devices_match_default():
+    omegas = jnp.linspace(1.0, 1.9, 5)
+    ref = js.sweep(_sor, omegas)
+    _assert_tree_equal(js.sweep(_sor, omegas, independent=True), ref)
+    _assert_tree_equal(js.sweep(_sor, omegas, independent=True, chunk_size=2), ref)
+
+
+def test_differentiating_inside_fn():
+    # A hypergradient per instance: implicit differentiation of the solve inside fn.
+    def fn(s):
+        def loss(s):
+            sol = js.linear.solve(A, s * B, js.linear.SOR(1.5, rtol=1e-12))
+            return jnp.sum(sol.value**2)
+
+        return jax.grad(loss)(s)
+
+    s = jnp.linspace(0.5, 2.0, 3)
+    got = js.sweep(fn, s)
+    np.testing.assert_array_equal(got, jax.jit(jax.vmap(fn))(s))
+    xb = np.linalg.solve(np.asarray(A.as_matrix()), np.asarray(B).reshape(-1))
+    np.testing.assert_allclose(got, 2 * np.asarray(s) * np.sum(xb**2), rtol=1e-8)
+
+
 def test_padding_repeats_the_last_real_instance():
     np.testing.assert_array_equal(
         _pad_rows(np.arange(5), 5, 8), [0, 1, 2, 3, 4, 4, 4, 4]
@@ -203,9 +226,10 @@ FAMILIES = textwrap.dedent(
     from jax.sharding import PartitionSpec as P
     assert jax.device_count() == 8
 
-    def check(name, fn, *args, exact=True):
-        out = js.sweep(fn, *args)
-        ref = jax.jit(jax.vmap(fn))(*args)  # unsharded, on device 0
+    def check(name, fn, *args, exact=True, ref=None, **kwargs):
+        out = js.sweep(fn, *args, **kwargs)
+        if ref is None:
+            ref = jax.jit(jax.vmap(fn))(*args)  # unsharded, on device 0
         lo, lr = jax.tree.leaves(out), jax.tree.leaves(ref)
         assert len(lo) == len(lr), name
         bitwise = True
@@ -218,8 +242,8 @@ FAMILIES = textwrap.dedent(
             else:
                 np.testing.assert_allclose(a, r, rtol=1e-10, atol=1e-12, err_msg=name)
         n = jax.tree.leaves(args)[0].shape[0]
-        print(f"{name} N={n}: bitwise={bitwise} ({time.perf_counter() - T0:.0f} s)", flush=True)
-        return out
+        print(f"{name} N={n} {kwargs}: bitwise={bitwise} ({time.perf_counter() - T0:.0f} s)", flush=True)
+        return out, ref
 
     # SOR / SSOR-PCG omega sweeps; throw=True (default): a padded lane with omega=0
     # would fail, so this also checks that padding repeats a real instance.
@@ -233,14 +257,18 @@ FAMILIES = textwrap.dedent(
     def ssor(omega):
         sol = js.linear.solve(A, b, js.linear.SSORPCG(omega, rtol=1e-8))
         return sol.value, sol.stats["num_steps"]
-    x13, steps13, _ = check("SOR omega", sor, jnp.linspace(1.0, 1.9, 13))
+    (x13, steps13, _), ref13 = check("SOR omega", sor, jnp.linspace(1.0, 1.9, 13))
     x = np.linalg.solve(np.asarray(A.as_matrix()), np.asarray(b).reshape(-1))
     np.testing.assert_allclose(np.asarray(x13).reshape(13, -1), np.tile(x, (13, 1)), atol=1e-6)
     assert len(set(np.asarray(steps13).tolist())) > 5
+    # The padding is cut off; the trimmed result is replicated on the mesh.
+    assert x13.sharding.is_fully_replicated and len(x13.sharding.device_set) == 8
     n_traces = len(traces)
     x10, steps10, _ = js.sweep(sor, jnp.linspace(1.0, 1.9, 13)[:10])  # pads to 16 again
     assert len(traces) == n_traces  # no retrace
     np.testing.assert_array_equal(steps10, steps13[:10])
+    # shard_map (no collectives), chunked, against the same reference
+    check("SOR omega", sor, jnp.linspace(1.0, 1.9, 13), ref=ref13, independent=True, chunk_size=1)
     check("SOR omega", sor, jnp.asarray([1.5]))
     check("SSOR-PCG omega", ssor, jnp.linspace(1.0, 1.9, 13))
 
@@ -250,7 +278,7 @@ FAMILIES = textwrap.dedent(
     def bandit(key):
         r = jt.replay(policy, costs, key)
         return r.arms, r.costs
-    arms, _ = check("bandit seeds", bandit, jax.random.split(jax.random.key(2), 16))
+    (arms, _), _ = check("bandit seeds", bandit, jax.random.split(jax.random.key(2), 16))
     assert arms.sharding.spec == P("batch"), arms.sharding
     assert len(arms.sharding.device_set) == 8
 

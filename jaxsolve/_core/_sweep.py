@@ -22,7 +22,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import PyTree
 
 
@@ -74,6 +74,7 @@ def _batched_jit(
     axis_name: str,
     gather: bool,
     chunk_size: int | None,
+    independent: bool,
 ) -> Callable:
     """The cached `jax.jit(jax.vmap(fn))` with batch-sharded inputs and outputs
     (replicated outputs when `gather`: multi-process meshes)."""
@@ -86,11 +87,15 @@ def _batched_jit(
         axis_name,
         gather,
         chunk_size,
+        independent,
     )
     with _cache_lock:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
+    n_dev = mesh.shape[axis_name]
+    batch_sharding = NamedSharding(mesh, PartitionSpec(axis_name))
+    replicated = NamedSharding(mesh, PartitionSpec())
 
     def run(fn_dynamic, batched):
         f = eqx.combine(fn_dynamic, fn_static)
@@ -100,30 +105,41 @@ def _batched_jit(
             leaves = [next(lane_iter if b else static_iter) for b in is_batched]
             return f(*jax.tree_util.tree_unflatten(arg_treedef, leaves))
 
-        lanes = batched[0].shape[0]
-        if chunk_size is None or chunk_size >= lanes:
-            return jax.vmap(one)(*batched)
-        # This device's lanes, `chunk_size` at a time (a scan over vmapped chunks).
-        return jax.lax.map(
-            lambda lane: one(*lane), tuple(batched), batch_size=chunk_size
-        )
+        def device_lanes(*xs):
+            lanes = xs[0].shape[0]
+            if chunk_size is None or chunk_size >= lanes:
+                return jax.vmap(one)(*xs)
+            # `chunk_size` lanes at a time: a scan over vmapped chunks.
+            return jax.lax.map(lambda lane: one(*lane), xs, batch_size=chunk_size)
 
-    # shard_map, not a plain jit of the vmap: under GSPMD the batched while loops of
-    # the solvers would all-reduce their "any lane still running" predicate across
-    # devices at every iteration (lock-step devices, a collective per step). Here each
-    # device loops over its own lanes only; the program has no collectives (a final
-    # all-gather when `gather`).
-    local = jax.shard_map(
-        run,
-        mesh=mesh,
-        in_specs=(PartitionSpec(), PartitionSpec(axis_name)),
-        out_specs=PartitionSpec(axis_name),
-        check_vma=False,
-    )
-    batch_sharding = NamedSharding(mesh, PartitionSpec(axis_name))
-    replicated = NamedSharding(mesh, PartitionSpec())
+        if independent:  # inside shard_map: `batched` holds this device's lanes
+            return device_lanes(*batched)
+        if chunk_size is None or chunk_size >= batched[0].shape[0] // n_dev:
+            return jax.vmap(one)(*batched)
+        # Chunks must not straddle devices: view the batch as (devices, lanes).
+        split = [
+            jax.lax.with_sharding_constraint(
+                x.reshape((n_dev, x.shape[0] // n_dev) + x.shape[1:]), batch_sharding
+            )
+            for x in batched
+        ]
+        out = jax.vmap(device_lanes)(*split)
+        return jax.tree_util.tree_map(lambda a: a.reshape((-1,) + a.shape[2:]), out)
+
+    if independent:
+        # Each device runs its own lanes as its own program: no collectives, and a
+        # device's batched solver loops stop at its own slowest lane. (Under GSPMD,
+        # the default, a batched while loop all-reduces its "any lane still running"
+        # predicate across devices at every step.)
+        run = jax.shard_map(
+            run,
+            mesh=mesh,
+            in_specs=(PartitionSpec(), PartitionSpec(axis_name)),
+            out_specs=PartitionSpec(axis_name),
+            check_vma=False,
+        )
     jitted = jax.jit(
-        local,
+        run,
         in_shardings=(replicated, batch_sharding),
         out_shardings=replicated if gather else batch_sharding,
     )
@@ -134,9 +150,11 @@ def _batched_jit(
     return jitted
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _trim(tree: Any, n: int) -> Any:
-    return jax.tree_util.tree_map(lambda a: a[:n], tree)
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _trim(tree: Any, n: int, sharding: NamedSharding) -> Any:
+    return jax.tree_util.tree_map(
+        lambda a: jax.lax.with_sharding_constraint(a[:n], sharding), tree
+    )
 
 
 def _pad_rows(x: Any, n: int, n_pad: int) -> Any:
@@ -198,6 +216,7 @@ def sweep(
     mesh: Mesh | None = None,
     axis_name: str = "batch",
     chunk_size: int | None = None,
+    independent: bool = False,
 ) -> PyTree:
     r"""Run `fn` on $N$ independent instances, `jax.vmap`ped over the leading axis of
     every array leaf of `batched_args` and sharded over the devices of `mesh`:
@@ -222,8 +241,11 @@ def sweep(
         to $N$. $N = 10$ and $N = 13$ on 8 devices share one compiled program.
     - **Where the result lives.** One process: when $D$ divides $N$ the result stays
         sharded along the batch axis (`NamedSharding(mesh, P(axis_name))`, no
-        copy); otherwise the trimmed result is gathered onto the mesh's first device
-        (an uneven batch cannot be sharded evenly). Several processes (a mesh that
+        copy); otherwise (padding was cut off: an uneven batch cannot be sharded
+        evenly) the result is replicated on the mesh's devices
+        (`NamedSharding(mesh, P())`, what slicing the sharded result gives in JAX),
+        so results of padded and unpadded sweeps on one mesh combine freely.
+        Several processes (a mesh that
         spans hosts after `jax.distributed.initialize`): every process must call
         `sweep` with the *same full batch* (host or local arrays); each process only
         materialises the shards its own devices hold
@@ -258,6 +280,17 @@ def sweep(
         This bounds memory, keeps a chunk's arrays in cache on CPU, and lets a
         chunk's batched solver loop stop at its own slowest lane. Default: the
         whole share in one `vmap`.
+    - `independent`: run each device's share as its own program
+        (`jax.shard_map`) instead of one GSPMD-partitioned program. Then the
+        program has no collectives at all: each device's batched solver loops stop
+        at its own slowest lane, where under GSPMD (the default) a batched
+        `while_loop` all-reduces its "any lane still running" flag across devices
+        at every step and all devices iterate until the globally slowest lane.
+        Worth it on a pod for sweeps of iterative solves. Limitation (jax 0.10,
+        lineax 0.1): inside `shard_map`, lineax rejects its own vectors, so `fn`
+        must not *differentiate through* a `js.linear.solve` or another
+        implicit-adjoint solve (forward solves are fine); inside a trace (`jit`,
+        `grad`) `sweep` ignores `independent`.
 
     **Returns:** `jax.vmap(fn)(*batched_args)`: the pytree `fn` returns, each leaf
     with a leading axis of length $N$.
@@ -366,6 +399,7 @@ def sweep(
         axis_name,
         gather,
         chunk_size,
+        bool(independent) and not traced,
     )
 
     if n == 0:
@@ -416,7 +450,7 @@ def sweep(
     out = jitted(jax.device_put(fn_dynamic, replicated), placed)
     if n_pad == n:
         return out
-    # An uneven batch cannot stay sharded evenly along the mesh axis: gather it onto
-    # one device (rather than replicate it on all of them) and cut off the padding.
-    out = jax.device_put(out, SingleDeviceSharding(mesh.devices.flat[0]))
-    return _trim(out, n)
+    # An uneven batch cannot stay sharded evenly along the mesh axis: cut off the
+    # padding and replicate the result on the mesh (still the mesh's devices, so it
+    # combines with sharded results; on one device it is just that device).
+    return _trim(out, n, replicated)
