@@ -245,9 +245,9 @@ def sweep(
         evenly) the result is replicated on the mesh's devices
         (`NamedSharding(mesh, P())`, what slicing the sharded result gives in JAX),
         so results of padded and unpadded sweeps on one mesh combine freely.
-        Several processes (a mesh that
-        spans hosts after `jax.distributed.initialize`): every process must call
-        `sweep` with the *same full batch* (host or local arrays); each process only
+    - **Several processes** (a mesh that spans hosts after
+        `jax.distributed.initialize`): every process must call `sweep` with the
+        *same full batch* (host or local arrays; not checked); each process only
         materialises the shards its own devices hold
         (`jax.make_array_from_callback`), and every process gets the *whole* result
         back as ordinary arrays on its first local device (gathered by XLA's
@@ -255,7 +255,8 @@ def sweep(
         print it. A global array already sharded as
         `NamedSharding(mesh, P(axis_name))` with $D \mid N$ is used as it is.
     - **Caching.** The compiled program is cached on `(fn, the tree structure and
-        static leaves of batched_args, mesh, axis_name)`; new values of the same
+        static leaves of batched_args, mesh, axis_name, chunk_size, independent)`
+        (128 entries, least recently used dropped); new values of the same
         shapes and dtypes reuse it (no retrace). Pass the same `fn` object each time
         (a new `lambda` per call compiles again).
     - **Composition.** `sweep` inside `jax.jit`, `jax.grad` or another trace acts
@@ -307,7 +308,8 @@ def sweep(
         A, b = js.linear.poisson((16, 16)), jnp.ones((16, 16))
 
         def iterations(omega):
-            return js.linear.solve(A, b, js.linear.SOR(omega)).stats["num_steps"]
+            solver = js.linear.SOR(omega, rtol=1e-4)
+            return js.linear.solve(A, b, solver).stats["num_steps"]
 
         print(js.sweep(iterations, jnp.linspace(1.0, 1.9, 10)))
         ```
