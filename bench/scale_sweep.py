@@ -179,7 +179,9 @@ def worker_sweep(devices: int, n: int, grid: int, args) -> dict:
         b.reshape(n, -1), axis=1
     )
     lanes = -(-n // devices)
-    lanes_tuned = lanes if chunk >= lanes else chunk * -(-lanes // chunk)
+    # js.sweep's balanced chunks: as few as chunk_size allows, of equal size.
+    group = lanes if chunk >= lanes else -(-lanes // -(-lanes // chunk))
+    lanes_tuned = group * -(-lanes // group)
     padded = steps[np.minimum(np.arange(devices * lanes_tuned), n - 1)]
 
     def lane_efficiency(group):
@@ -208,7 +210,7 @@ def worker_sweep(devices: int, n: int, grid: int, args) -> dict:
         "steps_max": int(steps.max()),
         "steps_sha256": hashlib.sha256(steps.astype(np.int64).tobytes()).hexdigest(),
         "lane_efficiency": lane_efficiency(len(padded)),
-        "lane_efficiency_tuned": lane_efficiency(min(chunk, lanes)),
+        "lane_efficiency_tuned": lane_efficiency(group),
         "collectives_in_program": _collectives((w, b), None, False),
         "collectives_in_program_tuned": _collectives((w, b), chunk, True),
         "result_bytes": int(sum(a.nbytes for a in (x, steps, ok))),

@@ -275,9 +275,9 @@ def sweep(
         replicate the work). Default: a 1-D mesh over all of `jax.devices()` (every
         device of every process).
     - `axis_name`: the mesh axis the batch is sharded over.
-    - `chunk_size`: if given, each device runs its share of the batch `chunk_size`
-        lanes at a time (`jax.lax.map(..., batch_size=chunk_size)`: a loop over
-        vmapped chunks; each device's share is then padded to a multiple of it).
+    - `chunk_size`: if given, each device runs its share of the batch at most
+        `chunk_size` lanes at a time (`jax.lax.map(..., batch_size=...)`: a loop
+        over vmapped chunks of balanced size, the share padded to a multiple of it).
         This bounds memory, keeps a chunk's arrays in cache on CPU, and lets a
         chunk's batched solver loop stop at its own slowest lane. Default: the
         whole share in one `vmap`.
@@ -384,7 +384,12 @@ def sweep(
     if chunk_size is not None:
         chunk_size = int(chunk_size)
         if chunk_size < lanes:
-            lanes = chunk_size * math.ceil(lanes / chunk_size)
+            # As few chunks as `chunk_size` allows, of balanced size: 1250 lanes
+            # with chunk_size=500 run as 3 chunks of 417 (1 padded lane), not 3 of
+            # 500 (250 padded lanes).
+            num_chunks = math.ceil(lanes / chunk_size)
+            chunk_size = math.ceil(lanes / num_chunks)
+            lanes = chunk_size * num_chunks
     n_pad = n_dev * lanes
 
     fn_dynamic, fn_static = eqx.partition(fn, eqx.is_array)
