@@ -113,7 +113,8 @@ def _collectives(args, chunk: int | None, independent: bool) -> int | None:
         from jaxsolve._core import _sweep
 
         for key, jitted in reversed(_sweep._cache.items()):
-            if key[-2:] == (chunk, independent):
+            # (sweep stores its balanced chunk size, not the requested one)
+            if key[-1] == independent and (key[-2] is None) == (chunk is None):
                 text = jitted.lower(None, list(args)).compile().as_text()
                 break
         else:
