@@ -528,3 +528,14 @@ def test_like_that_does_not_match(kind, saved):
 def test_unserialisable_hyperparameters(tmp_path):
     with pytest.raises(TypeError, match="JSON"):
         js.save(tmp_path / "x.jsv", _object("dcdm")[0], hyperparameters={"f": print})
+
+
+def test_save_inside_jit_is_a_clear_error(tmp_path):
+    @jax.jit
+    def f(x):
+        js.save(tmp_path / "x.jsv", {"x": x})
+        return x
+
+    with pytest.raises(TypeError, match=r"traced value at \['x'\].*outside `jax.jit`"):
+        f(jnp.ones(2))
+    assert not (tmp_path / "x.jsv").exists()

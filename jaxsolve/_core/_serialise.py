@@ -238,6 +238,14 @@ def save(
         hyperparameters = (hp() if callable(hp) else hp) or {}
     hyperparameters = _jsonable(hyperparameters)
     paths, leaves = _flatten(obj)
+    for p, leaf in zip(paths, leaves):
+        value = leaf._value if _is_enum(leaf) else leaf
+        if isinstance(value, jax.core.Tracer):
+            raise TypeError(
+                f"js.save got a traced value at {p or '(root)'}: it writes a file, so "
+                "call it outside `jax.jit`/`jax.vmap`/`jax.grad`, on the concrete "
+                "result of the transformed function."
+            )
     buf = io.BytesIO()
     described = []
     for p, leaf in zip(paths, leaves):
