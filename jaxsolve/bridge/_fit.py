@@ -42,10 +42,11 @@ def lightsb_loss(
     """
     x_batch = model._points(x_batch, "x_batch")
     y_batch = model._points(y_batch, "y_batch")
-    if x_batch.ndim != 2 or y_batch.ndim != 2:
+    if x_batch.ndim != 2 or y_batch.ndim != 2 or 0 in (len(x_batch), len(y_batch)):
+        # An empty batch has no mean: NaN, not a loss.
         raise ValueError(
-            f"`x_batch` and `y_batch` must be (n, {model.dim}) arrays, got "
-            f"{x_batch.shape} and {y_batch.shape}."
+            f"`x_batch` and `y_batch` must be (n, {model.dim}) arrays with n >= 1, "
+            f"got {x_batch.shape} and {y_batch.shape}."
         )
     return jnp.mean(model._log_normaliser_gemm(x_batch)) - jnp.mean(
         model._log_potential_gemm(y_batch)

@@ -11,7 +11,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float
 
 from .._core import AbstractProgressMeter, finalise, NoProgressMeter, RESULTS, Solution
 from .._core._misc import concrete_value
-from ._samplers import AbstractSampler, Coefficients
+from ._samplers import AbstractSampler, as_number, Coefficients
 from ._schedule import TimeGrid, timesteps, VPSchedule
 
 
@@ -19,7 +19,7 @@ _PREDICTIONS = ("eps", "x0", "v")
 
 
 def _to_scale(w):
-    w = jnp.asarray(w)
+    w = as_number(w, "Guidance.scale")
     if jnp.issubdtype(w.dtype, jnp.integer):
         w = w.astype(jnp.asarray(0.0).dtype)
     return w
@@ -57,6 +57,10 @@ class Guidance(eqx.Module):
         if jnp.shape(self.scale) != ():
             raise ValueError(
                 f"`Guidance.scale` must be a scalar, got shape {jnp.shape(self.scale)}."
+            )
+        if not jnp.issubdtype(self.scale.dtype, jnp.floating):
+            raise ValueError(
+                f"`Guidance.scale` must be a real number, got dtype {self.scale.dtype}."
             )
 
 
@@ -240,8 +244,11 @@ def _to_eps(out, x, alpha, sigma, prediction):
     return sigma * x + alpha * out
 
 
-def _per_sample(fn, x):
-    return fn(x.reshape(x.shape[0], -1), axis=1)
+def _per_sample(fn, x, **kwargs):
+    # Explicit sizes: `reshape(0, -1)` is ambiguous (an empty batch raised
+    # ZeroDivisionError); `kwargs` carry e.g. max's `initial` for empty events.
+    flat = x.reshape(x.shape[0], int(np.prod(x.shape[1:])))
+    return fn(flat, axis=1, **kwargs)
 
 
 @eqx.filter_jit
@@ -290,14 +297,14 @@ def _sample(
     def body(carry, i):
         x, state, max_abs, bad, mstate = carry
         x, state = advance(x, state, i)
-        max_abs = jnp.maximum(max_abs, _per_sample(jnp.max, jnp.abs(x)))
+        max_abs = jnp.maximum(max_abs, _per_sample(jnp.max, jnp.abs(x), initial=0))
         bad = bad | ~_per_sample(jnp.all, jnp.isfinite(x))
         if not isinstance(meter, NoProgressMeter):
             frac = (i + 1).astype(fdtype) / n_evals
             mstate = meter.step(mstate, jax.lax.stop_gradient(frac))
         return (x, state, max_abs, bad, mstate), None
 
-    start_abs = _per_sample(jnp.max, jnp.abs(x_T))
+    start_abs = _per_sample(jnp.max, jnp.abs(x_T), initial=0)
     init = (
         x_T,
         sampler.init(x_T),

@@ -67,8 +67,16 @@ def _check_beta(beta, name="beta"):
         )
 
 
+def as_number(value, name):
+    """`jnp.asarray(value)`, with our message for what JAX cannot convert."""
+    try:
+        return jnp.asarray(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be a real number, got {value!r}.") from None
+
+
 def _to_beta(beta):
-    beta = jnp.asarray(beta)
+    beta = as_number(beta, "beta")
     if jnp.issubdtype(beta.dtype, jnp.integer):
         beta = beta.astype(jnp.asarray(0.0).dtype)
     return beta

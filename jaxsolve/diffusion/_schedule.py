@@ -85,8 +85,8 @@ class VPSchedule(eqx.Module):
     ) -> "VPSchedule":
         """The score-SDE linear VP schedule (see the class docstring)."""
         for name, v in (("beta_min", beta_min), ("beta_max", beta_max)):
-            if not v >= 0:
-                raise ValueError(f"`{name}` must be >= 0, got {v}.")
+            if not (v >= 0 and np.isfinite(v)):
+                raise ValueError(f"`{name}` must be finite and >= 0, got {v}.")
         if not beta_max + beta_min > 0:
             raise ValueError("`beta_min + beta_max` must be positive.")
         _check_t_min(t_min)

@@ -67,11 +67,28 @@ class AbstractPolicy(eqx.Module, Generic[_State]):
         """The distribution `select` samples from (without sampling)."""
 
 
+def as_array(value: Any, what: str) -> Array:
+    """`jnp.asarray(value)`, with our message for what JAX cannot convert (a string,
+    `None`, a ragged list)."""
+    try:
+        return jnp.asarray(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{what} must be a number or an array of numbers, got {value!r}."
+        ) from None
+
+
+def _check_real(arr: Array, what: str) -> None:
+    if jnp.issubdtype(arr.dtype, jnp.complexfloating):
+        raise ValueError(f"{what} must be real, got dtype {arr.dtype}.")
+
+
 def to_omegas(omegas: Any) -> Array:
     """The omega grid as a float array (default `linspace(1, 1.95, 20)`)."""
     if omegas is None:
         omegas = DEFAULT_OMEGAS
-    arr = jnp.asarray(omegas)
+    arr = as_array(omegas, "`omegas`")
+    _check_real(arr, "`omegas`")
     if not jnp.issubdtype(arr.dtype, jnp.floating):
         arr = arr.astype(jnp.zeros(()).dtype)
     return arr
@@ -103,7 +120,8 @@ def to_range(context_range: Any) -> Array:
             "Contextual policies need `context_range=(low, high)`, the range of the "
             "context (contexts outside it are clipped)."
         )
-    arr = jnp.asarray(context_range)
+    arr = as_array(context_range, "`context_range`")
+    _check_real(arr, "`context_range`")
     if not jnp.issubdtype(arr.dtype, jnp.floating):
         arr = arr.astype(jnp.zeros(()).dtype)
     return arr

@@ -12,6 +12,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 from .._core._misc import concrete_value
 from ._base import (
     AbstractPolicy,
+    as_array,
     check_arm,
     check_int,
     check_omegas,
@@ -64,6 +65,18 @@ def _box_lstsq(gram: Array, moment: Array, bound: Array, steps: int) -> Array:
     one = jnp.ones((), gram.dtype)
     theta, _, _ = jax.lax.fori_loop(0, steps, body, (start, start, one))
     return theta
+
+
+def _to_exploration(value) -> Array:
+    arr = as_array(value, "ChebCB(exploration=...)")
+    if not (
+        jnp.issubdtype(arr.dtype, jnp.floating)
+        or jnp.issubdtype(arr.dtype, jnp.integer)
+    ):
+        raise ValueError(
+            f"ChebCB(exploration=...) must be a real number, got dtype {arr.dtype}."
+        )
+    return arr
 
 
 class ChebCBState(NamedTuple):
@@ -192,7 +205,7 @@ class ChebCB(AbstractPolicy[ChebCBState]):
     context_range: Float[Array, "2"] = eqx.field(converter=to_range, default=None)
     box_steps: int = eqx.field(default=200, static=True)
     regress: str = eqx.field(default="cost", static=True)
-    exploration: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=1.0)
+    exploration: Float[Array, ""] = eqx.field(converter=_to_exploration, default=1.0)
 
     def __check_init__(self):
         if self.regress not in ("cost", "rate"):
@@ -266,6 +279,10 @@ class ChebCB(AbstractPolicy[ChebCBState]):
         probs = jnp.maximum(probs, 0)
         probs = probs / jnp.sum(probs)
         uniform = jnp.full_like(probs, 1 / d)
+        # A traced `exploration` the construction check could not see (NaN, <= 0)
+        # can make eta non-finite: fall back to uniform, as for an invalid context,
+        # rather than sample from NaN probabilities.
+        valid = valid & jnp.all(jnp.isfinite(probs))
         return jnp.where(valid, probs, uniform), yhat
 
     def probabilities(
@@ -376,6 +393,9 @@ class ChebCB(AbstractPolicy[ChebCBState]):
         denom = jnp.maximum(online_loss - resnorm, 0) + 2 * alpha**2 * tf
         # `exploration` divides the authors' eta (> 1 explores more, < 1 less).
         eta = 2 * tf * jnp.sqrt(d * tf / denom) / self.exploration.astype(dtype)
+        # A tiny exploration (e.g. 1e-320) overflows eta to Inf, and Inf * 0 (tied
+        # predictions) is NaN: cap it at the largest float (fully greedy).
+        eta = jnp.minimum(eta, jnp.finfo(dtype).max)
 
         new = state._replace(
             gram=gram,
