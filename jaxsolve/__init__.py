@@ -3,7 +3,7 @@
 `import jaxsolve as js`, then `js.linear` (SOR, SSOR-PCG, DCDM), `js.tuning` (online omega
 policies), `js.bridge` (Light Schrödinger Bridge), `js.diffusion` (heavy-ball diffusion
 samplers), `js.bilevel` (Hessian-free bilevel optimisation); `js.Solution`, `js.RESULTS`,
-`js.save`, `js.load`.
+`js.save`, `js.load`, and `js.sweep` (vmapped sweeps sharded over devices and hosts).
 """
 
 from . import (
