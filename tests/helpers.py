@@ -117,3 +117,20 @@ IDS = [c.name for c in REGISTRY]
 def jit_solve(operator, b, solver, **kwargs):
     """`js.linear.solve` under `eqx.filter_jit`."""
     return eqx.filter_jit(js.linear.solve)(operator, b, solver, **kwargs)
+
+
+def coupled_bilevel_toy():
+    """A three-variable bilevel problem with a coupled equality constraint, the small
+    case the progress and save/load tests run LV-HBA on."""
+    import jaxsolve.bilevel as bl
+
+    def upper(x, y):
+        return 0.5 * jnp.sum((x - y[1]) ** 2) + 0.5 * jnp.sum((y[0] - 1) ** 2)
+
+    def lower(x, y):
+        return 0.5 * jnp.sum(y[0] ** 2) - x @ y[0] + jnp.sum(y[1])
+
+    def equality(x, y):
+        return jnp.reshape(jnp.sum(x) + jnp.sum(y[0]) + jnp.sum(y[1]), (1,))
+
+    return bl.BilevelProblem(upper, lower, equality=equality)

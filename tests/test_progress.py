@@ -16,6 +16,8 @@ import jaxsolve as js
 import jaxsolve.bilevel as bl
 import jaxsolve.tuning as jt
 
+from .helpers import coupled_bilevel_toy
+
 
 def _percentages(out: str) -> list[float]:
     return [float(m) for m in re.findall(r"^(\d+\.\d\d)%$", out, flags=re.M)]
@@ -72,16 +74,7 @@ class _Stencil(eqx.Module):
 
 
 def _bilevel_case():
-    def upper(x, y):
-        return 0.5 * jnp.sum((x - y[1]) ** 2) + 0.5 * jnp.sum((y[0] - 1) ** 2)
-
-    def lower(x, y):
-        return 0.5 * jnp.sum(y[0] ** 2) - x @ y[0] + jnp.sum(y[1])
-
-    def equality(x, y):
-        return jnp.reshape(jnp.sum(x) + jnp.sum(y[0]) + jnp.sum(y[1]), (1,))
-
-    problem = bl.BilevelProblem(upper, lower, equality=equality)
+    problem = coupled_bilevel_toy()
 
     def run(meter, x0):
         y0 = (jnp.ones(3), jnp.ones(3))

@@ -18,6 +18,8 @@ import jaxsolve as js
 import jaxsolve.bilevel as bl
 import jaxsolve.tuning as jt
 
+from .helpers import coupled_bilevel_toy
+
 
 # ------------------------------------------------------------------ helpers --
 
@@ -138,16 +140,7 @@ def _sequence():
 
 
 def _bilevel_call():
-    def upper(x, y):
-        return 0.5 * jnp.sum((x - y[1]) ** 2) + 0.5 * jnp.sum((y[0] - 1) ** 2)
-
-    def lower(x, y):
-        return 0.5 * jnp.sum(y[0] ** 2) - x @ y[0] + jnp.sum(y[1])
-
-    def equality(x, y):
-        return jnp.reshape(jnp.sum(x) + jnp.sum(y[0]) + jnp.sum(y[1]), (1,))
-
-    problem = bl.BilevelProblem(upper, lower, equality=equality)
+    problem = coupled_bilevel_toy()
     x0, y0 = -2 * jnp.ones(3), (jnp.ones(3), jnp.ones(3))
     return lambda: bl.solve(problem, bl.LVHBA(), x0, y0, max_steps=20)
 
