@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import jaxtyping
 import numpy as np
-from hypothesis import HealthCheck, settings, strategies as st
+from hypothesis import event, HealthCheck, settings, strategies as st
+from hypothesis.control import currently_in_test_context
 
 import jaxsolve as js
 
@@ -153,6 +154,12 @@ def assert_runtime_error(exc: BaseException, extra: tuple[str, ...] = ()) -> Non
     ) from exc
 
 
+def note(outcome: str) -> None:
+    """Count an outcome in hypothesis' statistics (`--hypothesis-show-statistics`)."""
+    if currently_in_test_context():
+        event(outcome)
+
+
 def run(
     fn,
     *args,
@@ -166,15 +173,14 @@ def run(
     try:
         out = fn(*args, **kwargs)
         return jax.block_until_ready(out)
-    except (ValueError, TypeError) as exc:
-        if runtime is not None and _is_runtime(exc):
-            assert_runtime_error(exc, runtime)
-            return None
-        assert_documented(exc, public)
-        return None
     except Exception as exc:  # noqa: BLE001 - classified below
         if runtime is not None and _is_runtime(exc):
             assert_runtime_error(exc, runtime)
+            note("run-time error with our message")
+            return None
+        if isinstance(exc, (ValueError, TypeError)):
+            assert_documented(exc, public)
+            note("documented ValueError/TypeError")
             return None
         raise AssertionError(f"crash: {type(exc).__name__}: {str(exc)[:800]}") from exc
 
@@ -206,6 +212,8 @@ def check_solution(sol, lanes: int | None = None) -> np.ndarray:
         )
     for name in ("num_steps", "max_steps"):
         assert name in sol.stats, f"stats lacks {name}"
+    for c in np.unique(codes):
+        note(f"result: {RESULT_CODES[int(c)]}")
     return codes
 
 

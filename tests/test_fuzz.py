@@ -15,7 +15,13 @@ fuzzing draws from a small fixed menu. All settings are derandomised: the same
 examples run on every machine.
 
 Cases run (`pytest tests/test_fuzz.py --hypothesis-show-statistics`), per test:
-CASE_COUNTS (filled in below from a measured run)
+linear: construction 150 (SOR) + 150 (SSORPCG), values 40, DCDM values 15, shapes/dtypes
+60; tuning: construction 150, policy values 40, replay 25, solve_sequence/cost_table 15;
+bridge: construction 150, values 50, shapes/dtypes 25, fit values 30, fit shapes 60;
+diffusion: values 60, shapes/dtypes 60, construction 150; bilevel: values 50,
+shapes/dtypes 60, construction 150, hypergradient 30. Total 1,520 hypothesis examples
+(plus 31 plain cases: empty/one-lane vmaps, regressions, known bugs as strict xfails);
+about 90 s for the file on the 2-core CI machine (measured 86 s test time).
 """
 
 import math
@@ -43,6 +49,7 @@ from .fuzz_strategies import (
     fuzz_settings,
     INF,
     NAN,
+    note,
     run,
     scalars,
     SPECIAL64,
@@ -75,6 +82,12 @@ def hyper(lo=-3.0, hi=3.0):
         number.map(lambda v: np.asarray(complex(v, 1.0))),
         st.sampled_from([None, "1.5", (1.5,), jnp.zeros((0,))]),
     )
+
+
+def usually(lo, hi):
+    """A valid positive number about half the time, else anything `hyper()` draws
+    (so that construction fuzzing also builds valid objects)."""
+    return st.one_of(st.floats(lo, hi), hyper())
 
 
 def _concrete_float(v):
@@ -132,6 +145,7 @@ def test_linear_construction(cls, omega, rtol, atol, max_steps, ordering):
     )
     if solver is None:
         return
+    note("constructed")
     w = float(solver.omega)
     assert 0 < w < 2, w
     assert solver.rtol >= 0 and solver.atol >= 0
@@ -237,6 +251,40 @@ def test_linear_values(data, kind, dense, tols, throw, omega):
 
 def _dcdm_network():
     return jl.DCDMNetwork(2, key=jax.random.key(0), width=2)
+
+
+@eqx.filter_jit
+def _dcdm_values(network, coefficient, shift, b, x0, throw):
+    solver = jl.DeepConjugateDirection(network, rtol=1e-8, max_steps=20)
+    return jl.solve(_poisson(coefficient, shift), b, solver, x0=x0, throw=throw)
+
+
+@fuzz_settings(15)
+@given(data=st.data(), throw=st.booleans())
+def test_linear_dcdm_values(data, throw):
+    """DCDM on a 3x4 stencil with drawn coefficients, shift, b and x0 (NaN, Inf,
+    huge, subnormal): a documented run-time error or a valid Solution."""
+    coefficient = jnp.asarray(data.draw(arrays(GRID, lo=0.1, hi=5)))
+    shift = jnp.asarray(data.draw(scalars(lo=0.0, hi=3.0)))
+    b = jnp.asarray(data.draw(arrays(GRID)))
+    x0 = jnp.asarray(data.draw(arrays(GRID)))
+    sol = run(
+        _dcdm_values,
+        _dcdm_network(),
+        coefficient,
+        shift,
+        b,
+        x0,
+        throw,
+        public=("solve",),
+        runtime=(),
+    )
+    if sol is None:
+        assert throw
+        return
+    codes = check_solution(sol)
+    if not all_finite((coefficient, shift, b, x0)):
+        assert codes == 2
 
 
 # (operator factory, b shape) menu: tiny grids, 1x1 systems, mismatches.
@@ -388,6 +436,7 @@ def test_tuning_construction(cls, omegas, context_range, count, exploration):
     policy = run(make, public=("__init__",))
     if policy is None:
         return
+    note("constructed")
     w = np.asarray(policy.omegas)
     assert w.ndim == 1 and w.size >= 1 and np.all(np.isfinite(w))
     assert np.all((w > 0) & (w < 2)) and np.all(np.diff(w) > 0)
@@ -555,10 +604,14 @@ def test_tuning_sequence_values(data, contextual):
 @given(
     dim=st.one_of(st.integers(-1, 4), st.sampled_from([True, 2.0, None, np.int64(2)])),
     k=st.one_of(st.integers(-1, 4), st.sampled_from([True, 2.5, "3"])),
-    epsilon=hyper(),
-    covariance=st.sampled_from(["diagonal", "full", "spherical", None]),
-    scale_init=hyper(),
-    dtype=st.sampled_from([None, "float32", "float64", "int32", "complex64", "bool"]),
+    epsilon=usually(1e-3, 1e3),
+    covariance=st.sampled_from(
+        ["diagonal", "full", "diagonal", "full", "spherical", None]
+    ),
+    scale_init=usually(1e-3, 1e3),
+    dtype=st.sampled_from(
+        [None, None, "float32", "float64", "int32", "complex64", "bool"]
+    ),
 )
 def test_bridge_construction(dim, k, epsilon, covariance, scale_init, dtype):
     model = run(
@@ -575,6 +628,7 @@ def test_bridge_construction(dim, k, epsilon, covariance, scale_init, dtype):
     )
     if model is None:
         return
+    note("constructed")
     assert model.dim >= 1 and model.n_components >= 1
     eps = float(model.epsilon)
     assert 0 < eps < INF
@@ -835,17 +889,18 @@ def _sample_values(name, sched, x_T, beta, scale, threshold, num_steps, guided, 
     )
 
 
+# Accepted but extreme schedules (invalid ones: test_diffusion_construction).
 _SCHEDULES = st.one_of(
     st.tuples(
         st.just("linear"),
-        scalars(lo=0, hi=50),
-        scalars(lo=0, hi=50),
-        st.sampled_from([1e-3, 1e-12, 0.5, 1 - 1e-12, 0.0, 1.0, NAN]),
+        st.one_of(st.sampled_from([0.0, 1e-12, 1e3]), st.floats(0, 50)),
+        st.one_of(st.sampled_from([0.0, 1e-12, 1e3]), st.floats(0, 50)),
+        st.sampled_from([1e-3, 1e-12, 0.5, 1 - 1e-12]),
     ),
     st.tuples(
         st.just("cosine"),
-        st.sampled_from([0.008, 0.0, 0.999, -0.1, NAN]),
-        st.sampled_from([0.9946, 1 - 1e-12, 1e-6, 1.0, NAN]),
+        st.sampled_from([0.008, 0.0, 0.999]),
+        st.sampled_from([0.9946, 1 - 1e-12, 1e-6]),
         st.sampled_from([1e-3, 1e-12, 0.9]),
     ),
 )
@@ -894,11 +949,13 @@ def test_diffusion_values(
         num_steps,
         guided,
         throw,
-        runtime=(),
+        runtime=("`beta` must lie in (0, 1]",),
     )
     if sol is None:
-        assert throw
+        assert throw or not (0 < beta <= 1)
         return
+    if name in ("HeavyBall", "Nesterov", "GHVB"):
+        assert 0 < beta <= 1  # else a run-time error, even with throw=False
     codes = check_solution(sol)
     if not all_finite(x_T):
         assert codes == 2  # nonfinite_input
@@ -1010,6 +1067,7 @@ def test_diffusion_construction(what, a, b, c):
     )
     if obj is None:
         return
+    note("constructed")
     beta = getattr(obj, "beta", None)
     if beta is not None:
         assert 0 < float(beta) <= 1
@@ -1085,8 +1143,12 @@ def test_bilevel_values(data, name, max_steps, constrained, throw):
     """Traced step sizes, penalties and tolerances (any value: NaN, Inf, zero,
     negative, huge), box bounds (also crossed or NaN), and start points with
     NaN/Inf/huge entries, through one compiled solve per solver."""
+    # At most one special (NaN, Inf, huge, 0, negative) hyper-parameter per example,
+    # so that the solver's normal path is fuzzed too.
+    bad = data.draw(st.integers(-1, 4))
     params = tuple(
-        jnp.asarray(data.draw(scalars(lo=lo, hi=hi))) for lo, hi in _PARAM_RANGES[name]
+        jnp.asarray(data.draw(scalars(lo=lo, hi=hi, special=k == bad)))
+        for k, (lo, hi) in enumerate(_PARAM_RANGES[name])
     )
     lo = jnp.asarray(data.draw(arrays((2,), lo=-3, hi=0)))
     hi = jnp.asarray(data.draw(arrays((2,), lo=0, hi=3)))
@@ -1177,9 +1239,9 @@ def test_bilevel_shapes_and_dtypes(start, x_set, name, max_steps):
 @fuzz_settings(150)
 @given(
     name=st.sampled_from(["LVHBA", "Penalty", "VPBGD"]),
-    a=hyper(-1, 2),
-    b=hyper(-1, 2),
-    tol=hyper(-1, 2),
+    a=usually(1e-3, 1.0),
+    b=usually(1e-3, 1.0),
+    tol=usually(0.01, 0.49),
     count=st.one_of(st.integers(-1, 30), st.sampled_from([True, 2.5, None])),
 )
 def test_bilevel_construction(name, a, b, tol, count):
@@ -1192,6 +1254,7 @@ def test_bilevel_construction(name, a, b, tol, count):
     solver = run(make, public=("__init__",))
     if solver is None:
         return
+    note("constructed")
     for leaf in jax.tree.leaves(eqx.filter(solver, eqx.is_array)):
         assert leaf.shape == () and jnp.issubdtype(leaf.dtype, jnp.floating)
         assert float(leaf) >= 0 and not math.isnan(float(leaf)), solver
@@ -1353,3 +1416,19 @@ def test_regression_lightsb_loss_empty_batch():
     model = _model("diagonal", jnp.asarray(0.5))
     with pytest.raises(ValueError, match="n >= 1"):
         jb.lightsb_loss(model, jnp.zeros((0, 2)), jnp.ones((3, 2)))
+
+
+def test_regression_traced_beta_out_of_range():
+    """A traced momentum beta outside (0, 1] (a sweep under jit/vmap) was accepted
+    and gave finite, wrong samples reported as successful."""
+    sched = jd.VPSchedule.linear()
+    x = jnp.ones((2, 2))
+    fn = eqx.filter_jit(
+        lambda b: (
+            jd.sample(_GM.model(sched), x, sched, jd.GHVB(2, b), 3, throw=False).value
+        )
+    )
+    assert bool(jnp.all(jnp.isfinite(fn(jnp.asarray(0.5)))))
+    for bad in (3.0, -0.5, NAN):
+        with pytest.raises(Exception, match=r"beta.*\(0, 1\]"):
+            jax.block_until_ready(fn(jnp.asarray(bad)))
