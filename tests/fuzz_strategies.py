@@ -38,6 +38,7 @@ RESULT_NAMES = (
     "breakdown",
     "stagnation",
     "singular",
+    "invalid_parameter",
 )
 RESULT_CODES = {int(getattr(js.RESULTS, n)._value): n for n in RESULT_NAMES}
 RESULT_MESSAGES = tuple(

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from hypothesis import assume, given, strategies as st
+from hypothesis import given, strategies as st
 
 import jaxsolve as js
 import jaxsolve.bilevel as bl
@@ -154,18 +154,23 @@ def test_linear_construction(cls, omega, rtol, atol, max_steps, ordering):
     assert isinstance(solver.max_steps, (int, np.integer)) and solver.max_steps >= 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SOR/SSORPCG(omega='1.5' or None) raise JAX's conversion TypeError/"
-    "ValueError from jnp.asarray inside linear/_base.py:to_omega, not ours naming "
-    "omega; reported",
-)
-@pytest.mark.parametrize("omega", ["1.5", None])
+@pytest.mark.parametrize("omega", ["1.5", None, [1.2, "x"]])
 def test_linear_non_numeric_omega(omega):
-    with pytest.raises(Exception) as info:
-        jl.SOR(omega)
-    assert_documented(info.value, ())
-    assert "omega" in str(info.value)
+    # Was: JAX's conversion error from inside linear/_base.py:to_omega.
+    for cls in (jl.SOR, jl.SSORPCG):
+        with pytest.raises(ValueError, match="omega") as info:
+            cls(omega)
+        assert_documented(info.value, ())
+
+
+def test_regression_nan_omega_is_nonfinite_input():
+    # Was `nonfinite` (the solver's arrays were not among finalise's inputs).
+    op = jl.poisson((4, 4))
+    run_ = eqx.filter_jit(
+        lambda w: jl.solve(op, jnp.ones((4, 4)), jl.SOR(w), throw=False).result
+    )
+    assert run_(jnp.asarray(NAN)) == js.RESULTS.nonfinite_input
+    assert run_(jnp.asarray(1.5)) == js.RESULTS.successful
 
 
 def _poisson(coefficient, shift):
@@ -983,14 +988,18 @@ def test_diffusion_values(
         num_steps,
         guided,
         throw,
-        runtime=("`beta` must lie in (0, 1]",),
+        runtime=(),
     )
     if sol is None:
-        assert throw or not (0 < beta <= 1)
+        assert throw
         return
-    if name in ("HeavyBall", "Nesterov", "GHVB"):
-        assert 0 < beta <= 1  # else a run-time error, even with throw=False
     codes = check_solution(sol)
+    if name in ("HeavyBall", "Nesterov", "GHVB") and not (0 < beta <= 1):
+        # NaN beta is non-finite input (that check comes first); others invalid.
+        assert codes in (
+            int(js.RESULTS.invalid_parameter._value),
+            int(js.RESULTS.nonfinite_input._value),
+        )
     if not all_finite(x_T):
         assert codes == 2  # nonfinite_input
     assert sol.stats["diverged"].shape == (3,)
@@ -1336,8 +1345,6 @@ def test_bilevel_hypergradient_values(data, constrained):
     Solution, NaN (and a failure code) rather than a wrong number."""
     x = jnp.asarray(data.draw(arrays((2,), lo=-5, hi=5)))
     y0 = jnp.asarray(data.draw(arrays((2,), lo=-5, hi=5)))
-    # Huge finite values, unconstrained: the known crash of the xfail test below.
-    assume(constrained or not (_huge(x) or _huge(y0)))
     sol = run(_hypergradient, x, y0, constrained, public=("implicit_hypergradient",))
     assert sol is not None
     codes = check_solution(sol)
@@ -1345,13 +1352,24 @@ def test_bilevel_hypergradient_values(data, constrained):
         assert codes != 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="implicit_hypergradient(throw=False) raises lineax's 'A linear solver "
-    "returned non-finite' when the tangent CG solve overflows (_core/_adjoint.py "
-    "calls lx.linear_solve with throw=True); reported",
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "forward",
+        pytest.param(
+            "reverse",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="lineax transposes linear_solve with throw=True "
+                "unconditionally, so a failed adjoint solve raises in reverse mode "
+                "whatever implicit_jvp's throw; needs an upstream change",
+            ),
+        ),
+    ],
 )
-def test_bilevel_hypergradient_overflow_throw_false():
+def test_bilevel_hypergradient_overflow_throw_false(mode):
+    # Was: lineax's "A linear solver returned non-finite" raised despite throw=False
+    # (_core.implicit_jvp had no throw flag; fixed for forward mode).
     x = jnp.array([1e300, 0.0])
     sol = run(
         bl.implicit_hypergradient,
@@ -1359,12 +1377,16 @@ def test_bilevel_hypergradient_overflow_throw_false():
         _lower,
         x,
         x,
+        mode=mode,
         throw=False,
         full_output=True,
         public=("implicit_hypergradient",),
     )
     assert sol is not None
-    assert check_solution(sol) != 0
+    # Phi(x) = F(x, x), so grad Phi = 2 x - 3: a success must be that (forward mode
+    # gets it; reverse mode's CG on 1e300-sized cotangents overflows).
+    if check_solution(sol) == 0:
+        np.testing.assert_allclose(sol.value, 2 * x - 3, rtol=1e-12)
 
 
 # =====================================================================================
@@ -1454,15 +1476,24 @@ def test_regression_lightsb_loss_empty_batch():
 
 def test_regression_traced_beta_out_of_range():
     """A traced momentum beta outside (0, 1] (a sweep under jit/vmap) was accepted
-    and gave finite, wrong samples reported as successful."""
+    and gave finite, wrong samples reported as successful. Now: a result code per
+    lane (`invalid_parameter`), and with throw=True an error carrying its message."""
     sched = jd.VPSchedule.linear()
     x = jnp.ones((2, 2))
     fn = eqx.filter_jit(
-        lambda b: (
-            jd.sample(_GM.model(sched), x, sched, jd.GHVB(2, b), 3, throw=False).value
-        )
+        lambda b, throw: (
+            jd.sample(_GM.model(sched), x, sched, jd.GHVB(2, b), 3, throw=throw)
+        ),
     )
-    assert bool(jnp.all(jnp.isfinite(fn(jnp.asarray(0.5)))))
-    for bad in (3.0, -0.5, NAN):
+    ok = fn(jnp.asarray(0.5), False)
+    assert ok.result == js.RESULTS.successful
+    assert bool(jnp.all(jnp.isfinite(ok.value)))
+    for bad in (3.0, -0.5):
+        assert fn(jnp.asarray(bad), False).result == js.RESULTS.invalid_parameter
         with pytest.raises(Exception, match=r"beta.*\(0, 1\]"):
-            jax.block_until_ready(fn(jnp.asarray(bad)))
+            jax.block_until_ready(fn(jnp.asarray(bad), True).value)
+    assert fn(jnp.asarray(NAN), False).result == js.RESULTS.nonfinite_input
+    # Under vmap a bad lane leaves the others intact.
+    lanes = jax.vmap(lambda b: fn(b, False).result._value)(jnp.array([0.5, 3.0, 0.8]))
+    bad_code = int(js.RESULTS.invalid_parameter._value)
+    assert lanes.tolist() == [0, bad_code, 0]

@@ -137,12 +137,10 @@ def _train_digits_case():
     labels = jnp.arange(20, dtype=jnp.int32) % 10
 
     def run(meter, key):
-        # train_digits calls optax's Adam, which mixes int32 and float under strict
-        # dtype promotion (reported; `bridge.fit` and `train_dcdm` guard it).
-        with jax.numpy_dtype_promotion("standard"):
-            trained, losses = js.diffusion.train_digits(
-                net, images, labels, key, steps=6, batch_size=4, progress_meter=meter
-            )
+        # Under the suite's strict dtype promotion (train_digits guards optax).
+        trained, losses = js.diffusion.train_digits(
+            net, images, labels, key, steps=6, batch_size=4, progress_meter=meter
+        )
         return eqx.filter(trained, eqx.is_array), losses
 
     # No vmap, as for train_dcdm: one network per data set.
@@ -225,3 +223,27 @@ def test_default_is_silent_eagerly(capfd):
     jax.block_until_ready(run(None, b))
     jax.effects_barrier()
     assert capfd.readouterr().out == ""
+
+
+@pytest.mark.parametrize("batch_size", [None, 3])
+def test_cost_table_progress(capfd, batch_size):
+    cs = jnp.linspace(0.0, 0.5, 5)
+    ops = jax.vmap(lambda c: js.linear.poisson((5, 5), shift=c))(cs)
+    bs = jnp.ones((5, 5, 5))
+    omegas = jnp.linspace(1.0, 1.9, 4)
+    solver = js.linear.SOR(1.0, rtol=1e-8, ordering="natural")
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def table(meter):
+        out = jt.cost_table(
+            solver, (ops, bs), omegas, batch_size=batch_size, progress_meter=meter
+        )
+        return out.costs
+
+    quiet = table(None)
+    jax.effects_barrier()
+    assert capfd.readouterr().out == ""
+    loud = table(js.TextProgressMeter())
+    jax.effects_barrier()
+    assert "100.00%" in capfd.readouterr().out
+    np.testing.assert_array_equal(quiet, loud)

@@ -124,29 +124,39 @@ def implicit_jvp(
     inputs: PyTree,
     linear_solver: lx.AbstractLinearSolver,
     operator_fn: Callable[[PyTree, PyTree], lx.AbstractLinearOperator] | None = None,
+    *,
+    throw: bool = True,
 ) -> tuple[PyTree, PyTree]:
     """Return `primal_fn(inputs)` with derivatives given by the implicit function
     theorem applied to `rewrite_fn(root, inputs) = 0`.
 
     `primal_fn`, `rewrite_fn` and `operator_fn` must not close over JAX arrays that are
     being differentiated: pass everything through `inputs` (closed-over tracers would
-    escape the custom rule).
+    escape the custom rule). `throw=False` lets a failed tangent solve (singular or
+    overflowing Jacobian) return its non-finite tangent instead of raising, for a
+    driver that reports it through its own result code. Forward mode only: lineax
+    transposes a solve with `throw=True` unconditionally, so in reverse mode a failed
+    adjoint solve still raises lineax's error.
     """
-    root, aux = _implicit(primal_fn, rewrite_fn, operator_fn, linear_solver, inputs)
+    root, aux = _implicit(
+        primal_fn, rewrite_fn, operator_fn, linear_solver, bool(throw), inputs
+    )
     return root, jax.lax.stop_gradient(aux)
 
 
 @eqx.filter_custom_jvp
-def _implicit(primal_fn, rewrite_fn, operator_fn, linear_solver, inputs):
-    del rewrite_fn, operator_fn, linear_solver
+def _implicit(primal_fn, rewrite_fn, operator_fn, linear_solver, throw, inputs):
+    del rewrite_fn, operator_fn, linear_solver, throw
     return primal_fn(inputs)
 
 
 @_implicit.def_jvp
 def _implicit_jvp_rule(primals, tangents):
-    primal_fn, rewrite_fn, operator_fn, linear_solver, inputs = primals
+    primal_fn, rewrite_fn, operator_fn, linear_solver, throw, inputs = primals
     t_inputs = tangents[-1]
-    root, aux = _implicit(primal_fn, rewrite_fn, operator_fn, linear_solver, inputs)
+    root, aux = _implicit(
+        primal_fn, rewrite_fn, operator_fn, linear_solver, throw, inputs
+    )
     # `aux` (result codes, statistics) has no derivative: a None per leaf.
     t_aux = jtu.tree_map(lambda _: None, aux)
     if t_inputs is None or not jtu.tree_leaves(t_inputs):
@@ -169,7 +179,7 @@ def _implicit_jvp_rule(primals, tangents):
         operator = lx.JacobianLinearOperator(rewrite_fn, root, inputs)
     else:
         operator = operator_fn(root, inputs)
-    t_root = lx.linear_solve(operator, t_residual, linear_solver).value
+    t_root = lx.linear_solve(operator, t_residual, linear_solver, throw=throw).value
     t_root = jtu.tree_map(lax.neg, t_root)
     return (root, aux), (t_root, t_aux)
 

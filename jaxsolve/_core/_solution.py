@@ -52,6 +52,12 @@ class RESULTS(eqx.Enumeration):
         "solver cannot make progress. Check the operator (boundary conditions, a "
         "negative shift that cancels the smallest eigenvalue)."
     )
+    invalid_parameter = (
+        "A hyper-parameter passed as an array (traced under jit or vmap, so it could "
+        "not be checked when the solver was built) lies outside its valid range, e.g. "
+        "a momentum `beta` outside (0, 1]. The returned value is not meaningful; fix "
+        "the value."
+    )
 
 
 class Solution(eqx.Module):

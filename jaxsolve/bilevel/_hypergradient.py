@@ -356,6 +356,7 @@ def implicit_hypergradient(
                 (x, lower_cc, y0),
                 solver,
                 _hessian_operator,
+                throw=throw,
             )
         return upper(x, y), (y, result, stats)
 

@@ -245,14 +245,19 @@ def _train(
         t = jax.random.uniform(k3, (batch_size,), dtype, t_min, 1.0)
         noise = jax.random.normal(k4, x0.shape, dtype)
         loss, g = jax.value_and_grad(loss_fn)(p, x0, lab, t, noise)
-        updates, opt_state = opt.update(g, opt_state, p)
+        # optax mixes Python floats with int32 step counts (bias corrections):
+        # allow that under strict dtype promotion.
+        with jax.numpy_dtype_promotion("standard"):
+            updates, opt_state = opt.update(g, opt_state, p)
         p = optax.apply_updates(p, updates)
         ema_p = jax.tree.map(lambda e, q: ema * e + (1 - ema) * q, ema_p, p)
         frac = (i + 1).astype(jnp.asarray(0.0).dtype) / steps
         mstate = meter.step(mstate, frac)
         return (p, ema_p, opt_state, mstate, i + 1), loss
 
-    init = (params, params, opt.init(params), meter.init(), jnp.array(0, jnp.int32))
+    with jax.numpy_dtype_promotion("standard"):
+        opt_state = opt.init(params)
+    init = (params, params, opt_state, meter.init(), jnp.array(0, jnp.int32))
     keys = jax.random.split(key, steps)
     (p, ema_p, _, mstate, _), losses = jax.lax.scan(body, init, keys)
     meter.close(mstate)

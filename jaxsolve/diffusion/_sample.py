@@ -331,7 +331,14 @@ def _sample(
         x_T,
         eqx.filter((model, guidance, sampler), eqx.is_inexact_array),
     )
-    return finalise(x, RESULTS.successful, stats, inputs, throw)
+    result = RESULTS.successful
+    beta = getattr(sampler, "beta", None)
+    if beta is not None:
+        # Concrete values were checked at construction; a traced beta outside (0, 1]
+        # gives finite but wrong samples, so it is a result code, not a success.
+        valid = (beta > 0) & (beta <= 1)
+        result = RESULTS.where(valid, result, RESULTS.invalid_parameter)
+    return finalise(x, result, stats, inputs, throw)
 
 
 def ode_reference(

@@ -309,7 +309,18 @@ def to_omega(omega) -> Array:
     if isinstance(omega, (int, float)) and not isinstance(omega, bool):
         # Not weakly typed, so Python floats and arrays share one compiled solve.
         return jnp.asarray(omega, dtype=jnp.zeros(()).dtype)
-    arr = jnp.asarray(omega)
+    if omega is None or isinstance(omega, (str, bytes, bool)):
+        raise ValueError(
+            f"omega must be a real number in (0, 2) (a float or a float array), got "
+            f"{omega!r}."
+        )
+    try:
+        arr = jnp.asarray(omega)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"omega must be a real number in (0, 2) (a float or a float array), got "
+            f"{omega!r}."
+        ) from None
     if jnp.issubdtype(arr.dtype, jnp.integer):
         arr = arr.astype(jnp.zeros(()).dtype)
     return arr

@@ -166,4 +166,7 @@ def _solve(operator, b, x0, solver, throw, adjoint, progress_meter, x0_given):
         stats.setdefault("num_steps", jnp.array(0, jnp.int32))
         stats.setdefault("max_steps", None)
         stats["residual_norm"] = jnp.linalg.norm(b - operator.mv(x))
-    return finalise(x, result, stats, (operator, b, x0), throw)
+    # The solver's arrays (omega, DCDM's weights) count as input: a NaN omega traced
+    # into the solve is `nonfinite_input`, not a failure of the iteration.
+    inputs = (operator, b, x0, eqx.filter(solver, eqx.is_inexact_array))
+    return finalise(x, result, stats, inputs, throw)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from .._core import RESULTS
+from .._core import AbstractProgressMeter, NoProgressMeter, RESULTS
 from ..linear import jacobi_spectral_radius, solve, young_omega
 from ._base import check_omegas, to_omegas
 from ._sequence import failure_cost, make_solver, num_instances, SolverFactory
@@ -28,6 +28,35 @@ class CostTable(eqx.Module):
     successful: Bool[Array, "T d"]
 
 
+def _map_with_meter(one, pairs, batch_size, meter):
+    """`jax.lax.map(one, pairs, batch_size=batch_size)` (a scan over vmapped batches,
+    then the remainder vmapped, as `lax.map` does), with `meter` in the scan carry."""
+    if isinstance(meter, NoProgressMeter):
+        return jax.lax.map(one, pairs, batch_size=batch_size)
+    n = pairs.shape[0]
+    size = 1 if batch_size is None else max(1, min(batch_size, n))
+    num, rem = divmod(n, size)
+    dtype = jnp.asarray(0.0).dtype
+
+    def body(mstate, xs):
+        i, chunk = xs
+        if batch_size is None:
+            out = jax.tree.map(lambda a: a[None], one(chunk[0]))
+        else:
+            out = jax.vmap(one)(chunk)
+        frac = ((i + 1) * size).astype(dtype) / n
+        return meter.step(mstate, frac), out
+
+    chunks = pairs[: num * size].reshape(num, size, *pairs.shape[1:])
+    mstate, out = jax.lax.scan(body, meter.init(), (jnp.arange(num), chunks))
+    out = jax.tree.map(lambda a: a.reshape(num * size, *a.shape[2:]), out)
+    if rem:
+        tail = jax.vmap(one)(pairs[num * size :])
+        out = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), out, tail)
+    meter.close(mstate)
+    return out
+
+
 def cost_table(
     solver_factory: SolverFactory,
     systems: Any,
@@ -36,6 +65,7 @@ def cost_table(
     x0s: Array | None = None,
     batch_size: int | None = None,
     order: Int[ArrayLike, " Td"] | None = None,
+    progress_meter: AbstractProgressMeter | None = None,
 ) -> CostTable:
     r"""Solve every system of a sequence with every omega of a grid: the
     full-information table behind the hindsight oracles (and behind
@@ -56,6 +86,9 @@ def cost_table(
     - `x0s`: `(T, ...)` initial guesses (e.g. the previous step of a reference
         trajectory, to mimic a warm start); default zeros.
     - `batch_size`, `order`: see above.
+
+    `progress_meter` (e.g. `jaxsolve.TextProgressMeter()`; off by default) shows the
+    fraction of the $T d$ solves done, also under `jit`.
 
     **Returns:** a [`jaxsolve.tuning.CostTable`][].
     """
@@ -84,7 +117,8 @@ def cost_table(
         cost = failure_cost(steps, sol.result, sol.stats.get("max_steps"))
         return cost, steps, sol.result == RESULTS.successful
 
-    cost, steps, ok = jax.lax.map(one, pairs, batch_size=batch_size)
+    meter = NoProgressMeter() if progress_meter is None else progress_meter
+    cost, steps, ok = _map_with_meter(one, pairs, batch_size, meter)
     inverse = jnp.zeros_like(pairs).at[pairs].set(jnp.arange(T * d))
     reshape = lambda a: a[inverse].reshape(T, d)
     return CostTable(
