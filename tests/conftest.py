@@ -23,3 +23,13 @@ def getkey():
         return sub
 
     return _getkey
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's compiled programs after each test module. Every XLA:CPU executable
+    holds memory mappings, and the whole suite compiles thousands of programs (the
+    fuzz tests alone ~1,500): kept alive they exceed the kernel's map limit
+    (vm.max_map_count = 65530) and a later compile segfaults."""
+    yield
+    jax.clear_caches()
