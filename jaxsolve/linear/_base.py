@@ -245,11 +245,7 @@ def flatten_operator(operator: Any) -> Any:
             f"SOR/SSOR-PCG (more than {MAX_DENSE_SIZE} unknowns); flatten the problem "
             "into one array or use lineax.CG."
         )
-    if operator.in_structure() != operator.out_structure():
-        raise ValueError(
-            "The operator must be square (same input and output structure), got "
-            f"{operator.in_structure()} -> {operator.out_structure()}."
-        )
+    # `as_operator` then checks the matrix is square.
     return lx.MatrixLinearOperator(operator.as_matrix())
 
 
@@ -309,18 +305,16 @@ def to_omega(omega) -> Array:
     if isinstance(omega, (int, float)) and not isinstance(omega, bool):
         # Not weakly typed, so Python floats and arrays share one compiled solve.
         return jnp.asarray(omega, dtype=jnp.zeros(()).dtype)
+    message = (
+        f"omega must be a real number in (0, 2) (a float or a float array), got "
+        f"{omega!r}."
+    )
     if omega is None or isinstance(omega, (str, bytes, bool)):
-        raise ValueError(
-            f"omega must be a real number in (0, 2) (a float or a float array), got "
-            f"{omega!r}."
-        )
+        raise ValueError(message)
     try:
         arr = jnp.asarray(omega)
     except (TypeError, ValueError):
-        raise ValueError(
-            f"omega must be a real number in (0, 2) (a float or a float array), got "
-            f"{omega!r}."
-        ) from None
+        raise ValueError(message) from None
     if jnp.issubdtype(arr.dtype, jnp.integer):
         arr = arr.astype(jnp.zeros(()).dtype)
     return arr
